@@ -1,0 +1,59 @@
+# Two entry points do the whole set-up on a fresh machine, then run:
+#   make test   - virtual environment, torch, the package with its extras, the CUDA extension
+#                 (when nvcc is present), then the test suite and a benchmark smoke run
+#   make demo   - the same set-up, then `haic demo`
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.haic-installed
+EXTRAS ?= dev,bench,video
+# Without a GPU, install this CPU build of torch first: a bare `torch` requirement would pull
+# several GB of CUDA packages. Extra pip arguments (e.g. a CPU wheel index) go in TORCH_PIP_ARGS.
+TORCH_CPU_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint format bench gpu-suite clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "GPU found: installing torch with CUDA"; \
+		$(PY) -m pip install $(TORCH_PIP_ARGS) torch; \
+	else \
+		echo "no GPU: installing the CPU build torch==$(TORCH_CPU_VERSION)"; \
+		$(PY) -m pip install $(TORCH_PIP_ARGS) "torch==$(TORCH_CPU_VERSION)"; \
+	fi
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	@touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+demo: setup
+	$(VENV)/bin/haic info
+	$(VENV)/bin/haic demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(VENV)/bin/haic bench all
+
+# On a GPU machine with torch, triton, nvcc and pybind11 already installed (no network needed).
+gpu-suite:
+	bash benchmarks/gpu_suite.sh $(or $(OUT),gpu-results)
+
+clean:
+	rm -rf build *.egg-info haic_kernels/_C*.so .pytest_cache .benchmarks

@@ -1,0 +1,14 @@
+// Host-emulation shim: __half on GCC's _Float16 (IEEE binary16, round-to-nearest-even).
+#pragma once
+#include "cuda_runtime.h"
+
+struct __half {
+  _Float16 v;
+};
+struct __half2 {
+  __half x, y;
+};
+inline __half __float2half_rn(float f) { return {static_cast<_Float16>(f)}; }
+inline __half2 __floats2half2_rn(float a, float b) {
+  return {__float2half_rn(a), __float2half_rn(b)};
+}

@@ -1,0 +1,31 @@
+// Host-emulation shim: device qualifiers vanish, threadIdx/blockIdx are thread-locals set by the
+// emulated launch, __syncthreads is a std::barrier across the block's std::threads.
+#pragma once
+#include "cuda_runtime_api.h"
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__
+#define __align__(n)
+
+struct emu_uint3 {
+  unsigned x, y, z;
+};
+extern thread_local emu_uint3 threadIdx;
+extern thread_local emu_uint3 blockIdx;
+void __syncthreads();
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline uint4 __ldg(const uint4* p) { return *p; }
+inline unsigned char __ldg(const unsigned char* p) { return *p; }
+using std::min;

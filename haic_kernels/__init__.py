@@ -1,0 +1,17 @@
+"""haic_kernels: Triton and CUDA kernels for fast CogVLM2-Video inference.
+
+The public functional API lives here; each op is a folder under ``haic_kernels/ops/`` with its
+PyTorch reference and its fast backends. Importing this package needs only torch: Triton, the
+compiled extension ``haic_kernels._C``, flash-attn, DALI and PyAV load when first used. Run
+``haic info`` to see which are usable on this machine and why the others are not.
+"""
+
+from __future__ import annotations
+
+from haic_kernels import backends
+from haic_kernels.constants import CLIP_MEAN, CLIP_STD
+from haic_kernels.ops.patchify import patchify
+
+__version__ = "0.1.0"
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "__version__", "backends", "patchify"]

@@ -1,0 +1,62 @@
+"""CogVLM2(-Video): configuration, the plain-PyTorch reference model, prompts and decoding.
+
+``reference`` is the oracle (stock torch modules, original checkpoint names); ``weights``
+reads and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by
+the reference and the fast model.
+"""
+
+from __future__ import annotations
+
+from .config import (
+    PRESET_SIZES,
+    TEMPLATES,
+    VARIANTS,
+    CogVLM2Config,
+    TextConfig,
+    VisionConfig,
+    count_parameters,
+    get_config,
+)
+from .generate import greedy_generate
+from .prompt import PromptInputs, build_prompt, stack_prompts
+from .reference import (
+    ATTN_IMPLS,
+    CausalLMOutput,
+    CogVLM2ForCausalLM,
+    CogVLM2Model,
+    EVA2CLIPModel,
+    KVCache,
+    build_position_ids,
+    init_random_weights,
+    normalize_frames,
+    set_attn_impl,
+    vision_expert_mask,
+)
+from .tokenizer import ByteTokenizer
+
+__all__ = [
+    "ATTN_IMPLS",
+    "PRESET_SIZES",
+    "TEMPLATES",
+    "VARIANTS",
+    "ByteTokenizer",
+    "CausalLMOutput",
+    "CogVLM2Config",
+    "CogVLM2ForCausalLM",
+    "CogVLM2Model",
+    "EVA2CLIPModel",
+    "KVCache",
+    "PromptInputs",
+    "TextConfig",
+    "VisionConfig",
+    "build_position_ids",
+    "build_prompt",
+    "count_parameters",
+    "get_config",
+    "greedy_generate",
+    "init_random_weights",
+    "normalize_frames",
+    "set_attn_impl",
+    "stack_prompts",
+    "vision_expert_mask",
+]

@@ -1,0 +1,315 @@
+"""CogVLM2(-Video) in plain PyTorch modules: the oracle every fast path is checked against.
+
+Written from the public release's description (MODEL_SPEC.md) with stock modules only
+(nn.Conv2d, nn.Linear, nn.LayerNorm, nn.Embedding, F.scaled_dot_product_attention), independent
+of ``haic_kernels.ops``. The module tree mirrors the release checkpoint, so ``state_dict()`` keys
+are the original tensor names (``model.vision.patch_embedding.proj.weight``,
+``model.layers.0.self_attn.language_expert_query_key_value.weight``, ``lm_head.weight``, ...).
+No buffer is persistent: RoPE ``inv_freq`` is rebuilt from ``rope_theta``.
+
+The vision tower and adapter live in `vision.py`, the decoder pieces (position ids, routing,
+KV cache) in `language.py`; this module assembles them and re-exports the public names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...constants import VISION_TOKEN_TYPE
+from .config import CogVLM2Config
+from .language import (
+    CogVLMDecoderLayer,
+    KVCache,
+    RMSNorm,
+    RotaryEmbedding,
+    VisionExpertAttention,
+    VisionExpertMLP,
+    apply_rotary,
+    build_position_ids,
+    causal_attention,
+    check_token_types,
+    vision_expert_mask,
+)
+from .vision import (
+    ATTN_IMPLS,
+    GLU,
+    EVA2CLIPModel,
+    PatchEmbedding,
+    VisionAttention,
+    check_attn_impl,
+    normalize_frames,
+)
+
+__all__ = [
+    "ATTN_IMPLS",
+    "GLU",
+    "CausalLMOutput",
+    "CogVLM2ForCausalLM",
+    "CogVLM2Model",
+    "CogVLMDecoderLayer",
+    "EVA2CLIPModel",
+    "KVCache",
+    "PatchEmbedding",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "VisionExpertAttention",
+    "VisionExpertMLP",
+    "apply_rotary",
+    "build_position_ids",
+    "causal_attention",
+    "init_random_weights",
+    "normalize_frames",
+    "set_attn_impl",
+    "vision_expert_mask",
+]
+
+
+@dataclass
+class CausalLMOutput:
+    """``logits`` [B, S, V] (float32, as the release returns them); ``past_key_values`` is the
+    updated `KVCache` when ``use_cache=True``, else None."""
+
+    logits: torch.Tensor
+    past_key_values: KVCache | None = None
+
+
+def set_attn_impl(module: nn.Module, attn_impl: str) -> None:
+    """Switch every attention module under ``module`` to ``"sdpa"`` or ``"eager"``."""
+    check_attn_impl(attn_impl)
+    for m in module.modules():
+        if isinstance(m, (VisionAttention, VisionExpertAttention)):
+            m.attn_impl = attn_impl
+
+
+class CogVLM2Model(nn.Module):
+    """``embed_tokens``, ``layers``, ``norm`` and the vision tower ``vision`` (release order)."""
+
+    def __init__(self, config: CogVLM2Config, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        t = config.text
+        self.config = config
+        self.embed_tokens = nn.Embedding(t.vocab_size, t.hidden_size)
+        self.layers = nn.ModuleList(
+            CogVLMDecoderLayer(config, attn_impl) for _ in range(t.num_layers)
+        )
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+        self.vision = EVA2CLIPModel(config, attn_impl)
+
+
+class CogVLM2ForCausalLM(nn.Module):
+    """The whole model. ``attn_impl`` ("sdpa" | "eager") can be switched at any time."""
+
+    def __init__(self, config: CogVLM2Config, *, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        if not isinstance(config, CogVLM2Config):
+            raise ValueError(f"config must be a CogVLM2Config, got {type(config).__name__}")
+        self.config = config
+        self._attn_impl = check_attn_impl(attn_impl)
+        self.model = CogVLM2Model(config, attn_impl)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+
+    @property
+    def attn_impl(self) -> str:
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, value: str) -> None:
+        set_attn_impl(self, value)
+        self._attn_impl = value
+
+    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized frames [N, 3, H, W] -> [N, tokens_per_frame, Dt] (vision tower + adapter)."""
+        return self.model.vision(images)
+
+    # -----------------------------------------------------------------------------------------
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        past: KVCache | None,
+    ) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point:
+            raise ValueError("input_ids must be an integer tensor [B, S]")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, S] with S >= 1, got {tuple(input_ids.shape)}")
+        if not isinstance(token_type_ids, torch.Tensor) or token_type_ids.shape != input_ids.shape:
+            got = tuple(token_type_ids.shape) if isinstance(token_type_ids, torch.Tensor) else None
+            raise ValueError(
+                f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {got}"
+            )
+        check_token_types(token_type_ids)
+        vocab = self.config.text.vocab_size
+        if bool(((input_ids < 0) | (input_ids >= vocab)).any()):
+            raise ValueError(f"input_ids must lie in [0, vocab_size={vocab})")
+        if position_ids is not None and tuple(position_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(position_ids.shape)}"
+            )
+        if past is not None:
+            if not isinstance(past, KVCache):
+                raise ValueError(f"past_key_values must be a KVCache, got {type(past).__name__}")
+            if past.num_layers != self.config.text.num_layers:
+                raise ValueError(
+                    f"past_key_values has {past.num_layers} layers, the model "
+                    f"{self.config.text.num_layers}"
+                )
+            if past.batch_size != input_ids.shape[0]:
+                raise ValueError(
+                    f"past_key_values holds batch {past.batch_size}, input_ids batch "
+                    f"{input_ids.shape[0]}"
+                )
+
+    def _vision_rows(
+        self,
+        num_slots: int,
+        images: torch.Tensor | None,
+        vision_embeds: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The [num_slots, Dt] rows that fill the vision-type positions, in order."""
+        tpf, dt = self.config.tokens_per_frame, self.config.text.hidden_size
+        if images is not None and vision_embeds is not None:
+            raise ValueError("pass images or vision_embeds, not both")
+        if images is not None:
+            self.model.vision.check_images(images)
+            if images.shape[0] * tpf != num_slots:
+                raise ValueError(
+                    f"images: {images.shape[0]} frames give {images.shape[0] * tpf} vision "
+                    f"tokens ({tpf} per frame) but token_type_ids has {num_slots} vision slots"
+                )
+            return self.encode_frames(images).reshape(-1, dt) if num_slots else None
+        if vision_embeds is not None:
+            if vision_embeds.shape[-1] != dt or vision_embeds.dim() not in (2, 3):
+                raise ValueError(
+                    f"vision_embeds must be [N, tokens, {dt}] or [num_vision_tokens, {dt}], "
+                    f"got {tuple(vision_embeds.shape)}"
+                )
+            rows = vision_embeds.reshape(-1, dt)
+            if rows.shape[0] != num_slots:
+                raise ValueError(
+                    f"vision_embeds holds {rows.shape[0]} vision tokens but token_type_ids has "
+                    f"{num_slots} vision slots"
+                )
+            return rows if num_slots else None
+        if num_slots:
+            raise ValueError(
+                f"token_type_ids has {num_slots} vision slots but neither images nor "
+                "vision_embeds was given"
+            )
+        return None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        images: torch.Tensor | None = None,
+        *,
+        vision_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> CausalLMOutput:
+        """Logits for ``input_ids`` [B, S] with types ``token_type_ids`` [B, S] (0 text, 1 vision).
+
+        ``images`` [B*F, 3, H, W] (normalized, see `normalize_frames`) are the frames of all
+        sequences in order; their tokens fill the vision-type slots in order (row-major over
+        [B, S]). ``vision_embeds`` ([N, tokens_per_frame, Dt] from ``encode_frames``, or the
+        flattened [num_vision_tokens, Dt]) may be given instead, e.g. after pruning.
+        ``position_ids`` default to `build_position_ids` (continued from the cache's last
+        position when ``past_key_values`` is given). With ``use_cache`` the returned
+        ``past_key_values`` holds every layer's keys/values including this call's tokens.
+        Vision-expert routing (image variant) follows `vision_expert_mask` of this call's
+        ``token_type_ids``.
+        """
+        self._check_inputs(input_ids, token_type_ids, position_ids, past_key_values)
+        vis = token_type_ids == VISION_TOKEN_TYPE
+        rows = self._vision_rows(int(vis.sum()), images, vision_embeds)
+
+        x = self.model.embed_tokens(input_ids)
+        if rows is not None:
+            x = x.index_put((vis,), rows.to(device=x.device, dtype=x.dtype))
+        if position_ids is None:
+            if past_key_values is None:
+                position_ids = build_position_ids(token_type_ids)
+            else:
+                position_ids = past_key_values.continue_positions(token_type_ids)
+        max_pos = self.config.text.max_position_embeddings
+        if int(position_ids.max()) >= max_pos or int(position_ids.min()) < 0:
+            raise ValueError(
+                f"position_ids: ids up to {int(position_ids.max())} exceed "
+                f"max_position_embeddings={max_pos} (input_ids too long for this config)"
+            )
+        vision_mask = vision_expert_mask(token_type_ids) if self.config.vision_expert else None
+
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.model.layers):
+            past = None
+            if past_key_values is not None:
+                past = (past_key_values.keys[i], past_key_values.values[i])
+            x, (k, v) = layer(x, vision_mask, position_ids, past)
+            if use_cache:
+                new_keys.append(k)
+                new_values.append(v)
+        logits = self.lm_head(self.model.norm(x)).float()
+
+        cache = None
+        if use_cache:
+            cache = KVCache(
+                keys=new_keys,
+                values=new_values,
+                last_position=position_ids[:, -1].clone(),
+                last_token_type=token_type_ids[:, -1].clone(),
+            )
+        return CausalLMOutput(logits=logits, past_key_values=cache)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+_NORM_WEIGHTS = ("layernorm.weight", "norm.weight", "norm1.weight")
+_UNIT_TABLES = ("embed_tokens.weight", "boi", "eoi")
+_SMALL_TABLES = ("position_embedding.weight", "cls_embedding")
+
+
+@torch.no_grad()
+def init_random_weights(model: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
+    """Fill every parameter of ``model`` with seeded random values; returns ``model``.
+
+    Deterministic for a given (seed, model structure), independent of the global RNG and of the
+    device: values are drawn on the CPU in ``named_parameters()`` order, then copied. Chosen so
+    that nothing is degenerate and parity tests exercise every term, at any size:
+
+    * norm weights ``1 + 0.1 z``; every bias (norm biases included) ``std * z``;
+    * token embeddings and boi/eoi ``z`` (unit scale, as nn.Embedding's default), so that each
+      token - and each image - visibly changes the logits;
+    * the vision CLS vector and position table ``std * z`` (small next to the patch content);
+    * weight matrices and conv kernels ``max(std, fan_in ** -0.5) * z``: about 0.02 at full
+      size, and unit-scale activations in the small presets, where 0.02 would make attention
+      nearly uniform and every position alike (so a wrong softmax scale or mask would hardly
+      show).
+
+    ``z`` is standard normal. Drawing on the CPU costs about a minute at full size.
+    Raises ValueError for parameters on the meta device.
+    """
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    for name, p in model.named_parameters():
+        if p.is_meta:
+            raise ValueError(f"init_random_weights: parameter {name} is on the meta device")
+        z = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if name.endswith(_NORM_WEIGHTS):
+            value = 1.0 + 0.1 * z
+        elif name.endswith(_UNIT_TABLES):
+            value = z
+        elif p.dim() >= 2 and not name.endswith(_SMALL_TABLES):
+            value = max(std, p[0].numel() ** -0.5) * z
+        else:
+            value = std * z
+        p.copy_(value.to(device=p.device, dtype=p.dtype))
+    return model

@@ -1,0 +1,653 @@
+"""Load and save CogVLM2 checkpoints in the Hugging Face safetensors layout.
+
+On-disk layout, as the public release ships it and as `save_checkpoint` writes it::
+
+    <dir>/config.json                       HF config, the release's field names (`config_to_hf`)
+    <dir>/model.safetensors                 everything, when it fits in one shard
+      - or -
+    <dir>/model.safetensors.index.json      {"metadata": {"total_size": <bytes of all tensors>},
+                                             "weight_map": {<tensor name>: <shard file name>}}
+    <dir>/model-00001-of-0000N.safetensors  shard i of N, each a plain safetensors file
+    ...
+
+Tensor names are the release's own (``model.vision.patch_embedding.proj.weight``,
+``model.layers.0.self_attn.language_expert_query_key_value.weight``, ``lm_head.weight``, ...). The
+reference model's ``state_dict`` keys are exactly these names, so nothing is renamed here.
+
+Only safetensors is read. Pickle formats (``pytorch_model.bin``, ``*.pt``) are refused: unpickling
+runs arbitrary code from the file, and safetensors also lets a shard be read tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+# Imported lazily at runtime (config.py / reference.py must be able to import this module).
+if TYPE_CHECKING:
+    from .config import CogVLM2Config
+    from .reference import CogVLM2ForCausalLM
+
+# The config.json mapping lives in hf_config.py; re-exported as part of the loader's API.
+from .hf_config import EXTENSION_KEY as EXTENSION_KEY
+from .hf_config import config_from_hf as config_from_hf
+from .hf_config import config_to_hf as config_to_hf
+from .hf_config import infer_vision_expert as infer_vision_expert
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+_SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+_PICKLE_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+#: Names that may sit on one side only without being an error. ``inv_freq`` is derived from
+#: rope_theta at construction; some exports save it, the release and our reference do not.
+KNOWN_IGNORED: tuple[str, ...] = ("*.rotary_emb.inv_freq",)
+
+# Lists longer than this in an error message are cut, with the count of what was left out.
+_MAX_LISTED = 20
+
+# safetensors dtype tag -> torch attribute; the optional ones depend on the torch build.
+_ST_NAMES = "F64:float64 F32:float32 F16:float16 BF16:bfloat16 F8_E4M3:float8_e4m3fn I64:int64"
+_ST_NAMES += " F8_E5M2:float8_e5m2 I32:int32 I16:int16 I8:int8 U64:uint64 U32:uint32 U16:uint16"
+_ST_NAMES += " U8:uint8 BOOL:bool"
+_ST_DTYPES: dict[str, torch.dtype] = {
+    tag: getattr(torch, attr)
+    for tag, attr in (item.split(":") for item in _ST_NAMES.split())
+    if hasattr(torch, attr)
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or loaded as asked. The message names the path and lists
+    every problem found (``missing``, ``unexpected``, ``mismatched`` hold them for code)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+        self.unexpected = tuple(unexpected)
+        self.mismatched = tuple(mismatched)
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The directory, or a file the checkpoint needs (a shard, config.json), does not exist."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a safetensors header describes it (nothing is read from the data area)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None  # None: a safetensors dtype this torch build has no name for
+    file: str
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return numel * (self.dtype.itemsize if self.dtype is not None else 0)
+
+
+@dataclass(frozen=True)
+class CheckpointIndex:
+    """What a checkpoint directory holds: each tensor's shape, dtype and file, from headers only."""
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    files: tuple[str, ...]  # file names relative to `path`, in reading order
+    sharded: bool
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def names_by_file(self) -> Iterator[tuple[str, list[str]]]:
+        by_file: dict[str, list[str]] = {f: [] for f in self.files}
+        for name, info in self.tensors.items():
+            by_file[info.file].append(name)
+        yield from by_file.items()
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What `load_checkpoint` did. ``ignored`` holds names matched by the ignore patterns, from
+    either side; ``missing``/``unexpected`` are non-empty only with ``strict=False``."""
+
+    path: Path
+    files: tuple[str, ...]
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    ignored: tuple[str, ...]
+    dtypes: dict[str, int]  # dtype name -> number of tensors loaded with it
+    nbytes: int
+    seconds: float
+
+    def __str__(self) -> str:
+        dts = ", ".join(f"{n} {k}" for k, n in sorted(self.dtypes.items()))
+        return (
+            f"loaded {len(self.loaded)} tensors ({self.nbytes / 1e9:.3f} GB; {dts}) from "
+            f"{len(self.files)} file(s) in {self.path} in {self.seconds:.2f} s; "
+            f"ignored {len(self.ignored)}, missing {len(self.missing)}, "
+            f"unexpected {len(self.unexpected)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _listing(items: Sequence[str], indent: str = "    ") -> str:
+    shown = [f"{indent}{s}" for s in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        shown.append(f"{indent}... and {len(items) - _MAX_LISTED} more")
+    return "\n".join(shown)
+
+
+def _no_weights_error(path: Path) -> CheckpointError:
+    present = sorted(p.name for p in path.iterdir())
+    pickled = sorted({n for n in present for g in _PICKLE_GLOBS if fnmatch.fnmatch(n, g)})
+    if pickled:
+        return CheckpointError(
+            f"{path} holds {', '.join(pickled)} but no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME}: "
+            "pickle checkpoints are not supported, because unpickling runs arbitrary code from the "
+            "file. Convert it once with safetensors in a trusted environment "
+            "(safetensors.torch.save_file) or download the .safetensors files of the release."
+        )
+    others = [n for n in present if n.endswith(".safetensors")]
+    hint = f" (other safetensors files here: {', '.join(others)})" if others else ""
+    shown = ", ".join(present[:_MAX_LISTED]) or "nothing"
+    return CheckpointNotFoundError(
+        f"no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} in {path}{hint}; the directory holds {shown}"
+    )
+
+
+def _read_header(file: Path) -> dict[str, TensorInfo]:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            out = {}
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                sl = f.get_slice(name)
+                out[name] = TensorInfo(
+                    tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype()), file.name
+                )
+            return out
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+
+
+def _read_weight_map(index_file: Path) -> dict[str, str]:
+    dupes: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for k, v in items:
+            if k in seen:
+                dupes.append(k)
+            seen[k] = v
+        return seen
+
+    try:
+        data = json.loads(index_file.read_text(), object_pairs_hook=pairs)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index_file} is not valid JSON: {e}") from e
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise CheckpointError(f"{index_file} has no 'weight_map' object of name -> shard file")
+    if dupes:
+        raise CheckpointError(f"{index_file} lists these names more than once:\n{_listing(dupes)}")
+    bad = sorted({v for v in wm.values() if Path(v).name != v or v in (".", "..")})
+    if bad:
+        raise CheckpointError(f"{index_file} names shards outside its directory: {', '.join(bad)}")
+    return wm
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointIndex:
+    """Read only the headers of a checkpoint directory and check that it is consistent.
+
+    ``path`` is a directory in the layout of this module's docstring (or a single ``.safetensors``
+    file). Raises `CheckpointNotFoundError` for a missing directory, file or shard, and
+    `CheckpointError` for anything else: no safetensors files, pickle files only, both layouts at
+    once, a name listed in the index but absent from its shard, a name in more than one shard, a
+    shard tensor the index does not list, an unreadable file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(f"checkpoint directory {p} does not exist")
+    if p.is_file():
+        if p.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+            raise _no_weights_error(p.parent)
+        if p.suffix != ".safetensors":
+            raise CheckpointError(f"{p} is not a checkpoint directory or a .safetensors file")
+        return CheckpointIndex(p.parent, _read_header(p), (p.name,), False)
+    index_file, single = p / SAFE_INDEX_NAME, p / SAFE_WEIGHTS_NAME
+    if index_file.exists() and single.exists():
+        raise CheckpointError(
+            f"{p} holds both {SAFE_WEIGHTS_NAME} and {SAFE_INDEX_NAME}; it is unclear which one "
+            "is current (remove the stale one, or re-save with save_checkpoint)"
+        )
+    if single.exists():
+        return CheckpointIndex(p, _read_header(single), (SAFE_WEIGHTS_NAME,), False)
+    if not index_file.exists():
+        raise _no_weights_error(p)
+
+    weight_map = _read_weight_map(index_file)
+    files = tuple(sorted(set(weight_map.values())))
+    absent = [f for f in files if not (p / f).is_file()]
+    if absent:
+        raise CheckpointNotFoundError(
+            f"{index_file} names {len(absent)} shard file(s) missing from {p}:\n{_listing(absent)}"
+        )
+    headers = {f: _read_header(p / f) for f in files}
+    holders: dict[str, list[str]] = {}
+    for f, header in headers.items():
+        for name in header:
+            holders.setdefault(name, []).append(f)
+    problems: list[str] = []
+    absent_keys = [f"{n} (index says {f})" for n, f in weight_map.items() if n not in headers[f]]
+    if absent_keys:
+        problems.append(f"listed in the index but absent from that shard:\n{_listing(absent_keys)}")
+    dupes = [f"{n} in {', '.join(fs)}" for n, fs in holders.items() if len(fs) > 1]
+    if dupes:
+        problems.append(f"present in more than one shard:\n{_listing(dupes)}")
+    unlisted = [f"{n} in {fs[0]}" for n, fs in holders.items() if n not in weight_map]
+    if unlisted:
+        problems.append(f"in a shard but not listed in the index:\n{_listing(unlisted)}")
+    if problems:
+        raise CheckpointError(f"inconsistent sharded checkpoint {p}:\n  " + "\n  ".join(problems))
+    tensors = {n: headers[f][n] for f in files for n in headers[f]}
+    return CheckpointIndex(p, tensors, files, True)
+
+
+def _read_file(
+    file: Path, names: Iterable[str], dtype: torch.dtype | None, device: str
+) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        with safe_open(str(file), framework="pt", device=device) as f:
+            for name in names:
+                t = f.get_tensor(name)
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)
+                yield name, t
+    except SafetensorError as e:
+        raise CheckpointError(f"reading {file} failed: {e}") from e
+
+
+def load_state_dict_from_dir(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint directory (single file or sharded) into a dict.
+
+    Shards are read one after the other, tensor by tensor, so peak memory is the result plus
+    about one tensor. ``dtype`` casts floating-point tensors only (integer and bool tensors keep
+    theirs); ``None`` keeps the checkpoint's dtypes. Errors: see `inspect_checkpoint`.
+    """
+    index = inspect_checkpoint(path)
+    dev = str(torch.device(device))
+    out: dict[str, torch.Tensor] = {}
+    for file, names in index.names_by_file():
+        out.update(_read_file(index.path / file, names, dtype, dev))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# loading into a module
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
+def _shape(s: Sequence[int]) -> str:
+    return "[" + ", ".join(str(x) for x in s) + "]"
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Build modules with parameters on the ``meta`` device and buffers on the CPU.
+
+    Parameters cost nothing (no allocation, no random init), while buffers computed at
+    construction (RoPE ``inv_freq``, position tables) stay real: a module built entirely under
+    ``torch.device("meta")`` would keep those on meta, and no checkpoint holds them.
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = torch.nn.Parameter(
+                param.to("meta"), requires_grad=param.requires_grad
+            )
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def load_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str] | CheckpointIndex,
+    *,
+    strict: bool = True,
+    dtype: torch.dtype | None = None,
+    ignore: Sequence[str] = KNOWN_IGNORED,
+    device: str | torch.device | None = None,
+) -> LoadReport:
+    """Load a checkpoint directory into ``model``, after checking all of it against the model.
+
+    Before any tensor data is read, the checkpoint's headers are compared with
+    ``model.state_dict()``: missing names, unexpected names and shape mismatches (name, expected
+    shape, checkpoint shape) are collected and raised together as one `CheckpointError`, so a
+    failed load leaves the model untouched. ``strict=False`` tolerates missing and unexpected
+    names (they are reported), never shape mismatches. Names matching an ``ignore`` glob are
+    skipped on both sides and reported in ``LoadReport.ignored``.
+
+    Tensors are assigned, not copied (``load_state_dict(assign=True)``), shard by shard: this is
+    what lets a model built with `parameters_on_meta` (or under ``torch.device("meta")``) be
+    loaded without ever being initialised. Consequences: loaded tensors keep the checkpoint's
+    dtype unless ``dtype`` is given (floating-point tensors only), they live on ``device``
+    (default: the device of the model's first non-meta parameter, else CPU), and parameters that
+    were tied in ``model`` are untied (CogVLM2 ties none). Any parameter or buffer that would stay
+    on ``meta`` is an error.
+    """
+    t0 = time.perf_counter()
+    index = path if isinstance(path, CheckpointIndex) else inspect_checkpoint(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    ckpt = index.tensors
+
+    ignored = [k for k in ckpt if _matches(k, ignore)]
+    ignored += [k for k in expected if k not in ckpt and _matches(k, ignore)]
+    missing = [k for k in expected if k not in ckpt and not _matches(k, ignore)]
+    unexpected = [k for k in ckpt if k not in expected and not _matches(k, ignore)]
+    mismatched = [
+        (k, expected[k], info.shape)
+        for k, info in ckpt.items()
+        if k in expected and expected[k] != info.shape and not _matches(k, ignore)
+    ]
+    bad_shapes = {k for k, _, _ in mismatched}
+    to_load = [k for k in ckpt if k in expected and k not in bad_shapes and not _matches(k, ignore)]
+
+    loading = set(to_load)
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
+    left_on_meta = [n for n, t in named if t.is_meta and n not in loading]
+
+    problems: list[str] = []
+    if missing and strict:
+        problems.append(
+            f"{len(missing)} missing (in the model, not in the checkpoint):\n"
+            + _listing([f"{k} {_shape(expected[k])}" for k in missing])
+        )
+        if any("vision_expert" in k or ".vision_mlp." in k for k in missing) and not any(
+            "vision_expert" in k or ".vision_mlp." in k for k in ckpt
+        ):
+            problems.append(
+                "hint: the model has vision-expert weights and the checkpoint has none (a video "
+                "checkpoint?); build it with vision_expert=False"
+            )
+    if unexpected and strict:
+        problems.append(
+            f"{len(unexpected)} unexpected (in the checkpoint, not in the model):\n"
+            + _listing([f"{k} {_shape(ckpt[k].shape)}" for k in unexpected])
+        )
+    if mismatched:
+        problems.append(
+            f"{len(mismatched)} with a different shape:\n"
+            + _listing(
+                [
+                    f"{k}: model expects {_shape(e)}, checkpoint has {_shape(g)}"
+                    for k, e, g in mismatched
+                ]
+            )
+        )
+    listed = set(missing) if strict else set()
+    meta_only = [n for n in left_on_meta if n not in listed]
+    if meta_only:
+        problems.append(
+            f"{len(meta_only)} would stay on the meta device (nothing to load them from; build "
+            "the model with parameters_on_meta() so that buffers are real):\n" + _listing(meta_only)
+        )
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {index.path} does not fit {type(model).__name__}:\n  "
+            + "\n  ".join(problems),
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+
+    if device is None:
+        real = next((p for p in model.parameters() if not p.is_meta), None)
+        device = real.device if real is not None else torch.device("cpu")
+    dev = str(torch.device(device))
+    dtypes: Counter[str] = Counter()
+    nbytes = 0
+    with torch.no_grad():
+        for file, names in index.names_by_file():
+            wanted = [n for n in names if n in loading]
+            if not wanted:
+                continue
+            part = dict(_read_file(index.path / file, wanted, dtype, dev))
+            for t in part.values():
+                dtypes[str(t.dtype).removeprefix("torch.")] += 1
+                nbytes += t.numel() * t.element_size()
+            model.load_state_dict(part, strict=False, assign=True)
+            del part
+    return LoadReport(
+        path=index.path,
+        files=index.files,
+        loaded=tuple(to_load),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        ignored=tuple(ignored),
+        dtypes=dict(dtypes),
+        nbytes=nbytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string: ``"5GB"`` (decimal, as in HF), ``"500MiB"``, ``"512"``."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"size must be int bytes or a string like '5GB', got {size!r}")
+    if isinstance(size, int):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", size.lower())
+        if m is None:
+            raise ValueError(f"cannot read {size!r} as a size (examples: 5GB, 500MB, 2GiB, 4096)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2) or "b"])
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return value
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _plan_shards(sd: Mapping[str, torch.Tensor], limit: int) -> list[list[str]]:
+    # Greedy in state-dict order, as HF does: a tensor larger than the limit gets a shard alone.
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in sd.items():
+        n = _nbytes(t)
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def _standalone(t: torch.Tensor, shared: bool) -> torch.Tensor:
+    # safetensors refuses tensors that share storage and writes only dense data: give every
+    # tensor its own contiguous CPU storage, copying only where that is not already so.
+    t = t.detach()
+    if t.device.type != "cpu":
+        return t.to("cpu").contiguous()
+    whole = (
+        t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == _nbytes(t)
+    )
+    return t if whole and not shared else t.clone(memory_format=torch.contiguous_format)
+
+
+def save_checkpoint(
+    model_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    max_shard_size: int | str = "5GB",
+    config: CogVLM2Config | Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write a state dict in the HF layout of this module's docstring; return the files written.
+
+    One ``model.safetensors`` when everything fits in ``max_shard_size`` (int bytes, or a string
+    such as ``"5GB"``/``"200MB"``/``"1GiB"``), else ``model-0000i-of-0000N.safetensors`` shards
+    plus ``model.safetensors.index.json``. Shards are filled greedily in state-dict order; a
+    tensor larger than the limit gets a shard of its own. Tensors that share storage (tied or
+    views of one buffer) or are not contiguous are copied per shard, so each name is saved
+    whole. Files are written under temporary names and renamed at the end; stale
+    ``model*.safetensors`` and index files from an earlier save to the same directory are
+    removed. ``config`` (a `CogVLM2Config`, or an HF dict written as is) goes to
+    ``config.json``; ``torch_dtype`` is filled from the tensors when absent.
+    """
+    if isinstance(model_or_state_dict, torch.nn.Module):
+        sd = dict(model_or_state_dict.state_dict())
+    else:
+        sd = dict(model_or_state_dict)
+    out = Path(path)
+    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    on_meta = [k for k, v in sd.items() if isinstance(v, torch.Tensor) and v.is_meta]
+    if not_tensors or on_meta:
+        raise CheckpointError(
+            f"cannot save to {out}: "
+            + (f"values that are not tensors:\n{_listing(not_tensors)}\n" if not_tensors else "")
+            + (f"tensors on the meta device (no data):\n{_listing(on_meta)}" if on_meta else "")
+        )
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"cannot save to {out}: it exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+    storages = Counter(
+        (v.device, v.untyped_storage().data_ptr())
+        for v in sd.values()
+        if v.untyped_storage().nbytes() > 0
+    )
+    shared = {
+        k
+        for k, v in sd.items()
+        if v.untyped_storage().nbytes() > 0
+        and storages[(v.device, v.untyped_storage().data_ptr())] > 1
+    }
+    shards = _plan_shards(sd, parse_size(max_shard_size))
+    n = len(shards)
+    names = (
+        [SAFE_WEIGHTS_NAME]
+        if n == 1
+        else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    )
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for name, keys in zip(names, shards):
+            tmp = out / f".{name}.tmp"
+            pending.append((tmp, out / name))
+            part = {k: _standalone(sd[k], k in shared) for k in keys}
+            save_file(part, tmp, metadata={"format": "pt"})
+            del part
+        if n > 1:
+            index = {
+                "metadata": {"total_size": sum(_nbytes(t) for t in sd.values())},
+                "weight_map": {k: names[i] for i, keys in enumerate(shards) for k in keys},
+            }
+            tmp = out / f".{SAFE_INDEX_NAME}.tmp"
+            pending.append((tmp, out / SAFE_INDEX_NAME))
+            tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    keep = {final.name for _, final in pending}
+    for f in out.iterdir():
+        stale = f.name in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME) or _SHARD_RE.match(f.name)
+        if stale and f.name not in keep:
+            f.unlink()
+    for tmp, final in pending:
+        os.replace(tmp, final)
+    written = [final for _, final in pending]
+
+    if config is not None:
+        hf = dict(config) if isinstance(config, Mapping) else config_to_hf(config)
+        by_dtype: Counter[str] = Counter()
+        for t in sd.values():
+            if t.is_floating_point():
+                by_dtype[str(t.dtype).removeprefix("torch.")] += _nbytes(t)
+        if by_dtype:
+            hf.setdefault("torch_dtype", by_dtype.most_common(1)[0][0])
+        (out / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+        written.append(out / CONFIG_NAME)
+    return written
+
+
+def load_pretrained(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    config: CogVLM2Config | None = None,
+) -> CogVLM2ForCausalLM:
+    """The reference model with a checkpoint directory's weights, in eval mode on ``device``.
+
+    Reads ``config.json`` (`config_from_hf`, with the checkpoint's weight names for the
+    visual-expert inference) unless ``config`` is given, builds the model with
+    `parameters_on_meta` (no random init of 13-19B parameters), loads strictly with
+    `load_checkpoint` (floating-point weights cast to ``dtype``; ``None`` keeps the checkpoint's)
+    straight onto ``device``, then moves the buffers there too.
+    """
+    from .reference import CogVLM2ForCausalLM
+
+    index = inspect_checkpoint(path)
+    if config is None:
+        cfg_file = index.path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise CheckpointNotFoundError(f"no {CONFIG_NAME} in {index.path}; pass config=...")
+        try:
+            hf = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+        config = config_from_hf(hf, weight_names=index.tensors)
+    with parameters_on_meta():
+        model = CogVLM2ForCausalLM(config)
+    load_checkpoint(model, index, strict=True, dtype=dtype, device=device)
+    return model.to(device).eval()

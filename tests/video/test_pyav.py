@@ -1,0 +1,78 @@
+"""PyAV decoding on clips the test writes, whose frame index is readable from the pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
+
+from haic_kernels.video import VideoDecodeError, decode_frames, load_video, probe_video  # noqa: E402
+from haic_kernels.video.frames import resize_short_side_center_crop  # noqa: E402
+from haic_kernels.video.synthetic import read_index, write_clip  # noqa: E402
+
+CODECS = ["libvpx-vp9", "libx264", "mjpeg"]
+
+
+@pytest.fixture(scope="module", params=CODECS)
+def clip(request, tmp_path_factory) -> Path:
+    ext = {"libvpx-vp9": "webm", "libx264": "mp4", "mjpeg": "avi"}[request.param]
+    path = tmp_path_factory.mktemp("clips") / f"clip.{ext}"
+    opts = {"cpu-used": "8", "deadline": "realtime"} if request.param == "libvpx-vp9" else None
+    return Path(
+        write_clip(path, 37, fps=12, width=80, height=48, codec=request.param, options=opts)
+    )
+
+
+def test_probe(clip: Path) -> None:
+    info = probe_video(clip)
+    assert info.num_frames == 37
+    assert info.fps == pytest.approx(12.0)
+    assert (info.width, info.height) == (80, 48)
+    assert info.timestamps[0] == 0.0
+    assert info.timestamps == tuple(sorted(info.timestamps))
+
+
+def test_decode_picks_the_asked_frames(clip: Path) -> None:
+    indices = [36, 0, 5, 5, 17]
+    frames = decode_frames(clip, indices)
+    assert frames.dtype == torch.uint8 and frames.shape == (5, 48, 80, 3)
+    assert [read_index(f.numpy()) for f in frames] == indices
+
+
+def test_load_video_chat_policy(clip: Path) -> None:
+    frames, sel = load_video(clip, policy="chat", size=32)
+    # 37 frames at 12 fps: last at 3.0 s -> seconds 0..3 -> frames 0, 12, 24, 36.
+    assert list(sel.indices) == [0, 12, 24, 36]
+    assert frames.shape == (4, 32, 32, 3)
+
+
+def test_past_the_end_is_an_error_naming_the_file(clip: Path) -> None:
+    with pytest.raises(VideoDecodeError, match=str(clip.name)):
+        decode_frames(clip, [0, 37])
+
+
+def test_bad_files(tmp_path: Path, clip: Path) -> None:
+    with pytest.raises(VideoDecodeError, match="no such file"):
+        probe_video(tmp_path / "missing.webm")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoDecodeError, match=r"junk\.mp4"):
+        probe_video(junk)
+
+
+def test_resize_crop_against_interpolate() -> None:
+    g = torch.Generator().manual_seed(7)
+    frames = torch.randint(0, 256, (3, 30, 50, 3), dtype=torch.uint8, generator=g)
+    out = resize_short_side_center_crop(frames, 12)
+    assert out.shape == (3, 12, 12, 3)
+    x = torch.nn.functional.interpolate(
+        frames.permute(0, 3, 1, 2).double(), size=(12, 20), mode="bilinear", align_corners=False
+    )[:, :, :, 4:16]
+    expected = x.round().clamp(0, 255).permute(0, 2, 3, 1)
+    assert (out.double() - expected).abs().max() <= 1  # float32 vs float64 rounding only
+    with pytest.raises(ValueError, match="uint8"):
+        resize_short_side_center_crop(frames.float(), 12)
