@@ -62,17 +62,22 @@ class _Timer:
 
 
 def _load_tokenizer(checkpoint: Path | None, config):
+    """The byte tokenizer for the tiny config; a checkpoint's own ``tokenizer.json`` otherwise."""
     from .models.cogvlm2.tokenizer import ByteTokenizer
 
-    if checkpoint is None:
+    byte_ids = (ByteTokenizer.bos_token_id, ByteTokenizer.eos_token_id, ByteTokenizer.pad_token_id)
+    uses_bytes = (config.bos_token_id, config.eos_token_id, config.pad_token_id) == byte_ids
+    if checkpoint is None or (uses_bytes and not (checkpoint / "tokenizer.json").is_file()):
         return ByteTokenizer()
     tok_file = checkpoint / "tokenizer.json"
     if not tok_file.is_file():
-        raise SystemExit(f"--checkpoint {checkpoint}: no tokenizer.json found next to the weights")
+        raise SystemExit(f"--checkpoint {checkpoint}: no tokenizer.json next to the weights")
     try:
         from tokenizers import Tokenizer
     except ImportError as e:
-        raise SystemExit("reading tokenizer.json needs the `tokenizers` package") from e
+        raise SystemExit(
+            f"--checkpoint {checkpoint}: reading tokenizer.json needs the `tokenizers` package"
+        ) from e
     tok = Tokenizer.from_file(str(tok_file))
 
     class _Wrapped:

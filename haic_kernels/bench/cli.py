@@ -12,6 +12,7 @@ here ran and passed its output check, 1 when any failed, 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -161,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu (wall time; triton rows are the interpreter, not kernel speed)"
     return "cpu (wall time)"
 
 
