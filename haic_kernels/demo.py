@@ -149,6 +149,9 @@ def run_demo(args: argparse.Namespace) -> int:
     except VideoDecodeError as e:
         print(f"error: cannot read the video {e}")
         return 2
+    except ImportError as e:
+        print(f"error: {e}")
+        return 2
 
     with timer.stage("build model"):
         if args.checkpoint is not None:

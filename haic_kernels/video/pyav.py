@@ -49,10 +49,10 @@ def _import_av():
 
 
 def _open(path: str | os.PathLike):
-    av = _import_av()
     p = Path(path)
     if not p.is_file():
         raise VideoDecodeError(path, "no such file")
+    av = _import_av()
     try:
         container = av.open(str(p))
     except Exception as e:  # av.error.* are many; all mean the same to the caller
