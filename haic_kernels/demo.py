@@ -67,9 +67,9 @@ def _load_tokenizer(checkpoint: Path | None, config):
 
     byte_ids = (ByteTokenizer.bos_token_id, ByteTokenizer.eos_token_id, ByteTokenizer.pad_token_id)
     uses_bytes = (config.bos_token_id, config.eos_token_id, config.pad_token_id) == byte_ids
-    if checkpoint is None or (uses_bytes and not (checkpoint / "tokenizer.json").is_file()):
+    tok_file = checkpoint / "tokenizer.json" if checkpoint is not None else None
+    if tok_file is None or (uses_bytes and not tok_file.is_file()):
         return ByteTokenizer()
-    tok_file = checkpoint / "tokenizer.json"
     if not tok_file.is_file():
         raise SystemExit(f"--checkpoint {checkpoint}: no tokenizer.json next to the weights")
     try:
