@@ -6,18 +6,17 @@ Backends are imported lazily, on first use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from haic_kernels import _ext, backends
-from haic_kernels.backends import BackendUnavailable
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
+from haic_kernels.ops._common import check_int, check_triple, resolve_backend
 
 __all__ = ["BACKENDS", "DTYPES", "patchify"]
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+CHOICES = ("torch", "triton", "cuda")
+BACKENDS = ("auto", *CHOICES)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -43,8 +42,9 @@ def patchify(
         k_multiple: pad each row to a multiple of this many elements (e.g. 8 for 16-byte-aligned
             bf16 rows: 588 -> 592). Padding columns are exactly 0.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` | ``"cuda"``. ``"auto"`` picks, for CUDA
-            tensors, the compiled kernel if it runs on the device, else Triton, else PyTorch; for
-            CPU tensors PyTorch. An explicit backend that cannot run raises `BackendUnavailable`.
+            tensors, the compiled kernel, else Triton, each only where it is usable and verified
+            on that GPU (see ``haic_kernels.ops._common``), else PyTorch; for CPU tensors
+            PyTorch. An explicit backend that cannot run raises `BackendUnavailable`.
 
     Returns:
         Contiguous ``[F, P, K_pad]`` of ``dtype`` on ``frames.device``, with ``P = (H/p)*(W/p)``
@@ -69,22 +69,22 @@ def patchify(
     ``torch.compile(fullgraph=True)`` traces through it.
     """
     _check_frames(frames)
-    p = _check_int("patch_size", patch_size)
+    p = check_int("patch_size", patch_size)
     _, h, w, _ = frames.shape
     if h % p != 0 or w % p != 0:
         raise ValueError(
             f"frames: H and W must be multiples of patch_size={p}, got H={h}, W={w} "
             "(crop or resize the frames first)"
         )
-    mean_v = _check_triple("mean", mean)
-    std_v = _check_triple("std", std)
+    mean_v = check_triple("mean", mean)
+    std_v = check_triple("std", std)
     if any(s == 0.0 for s in std_v):
         raise ValueError(f"std: every entry must be non-zero, got {tuple(std_v)}")
     if dtype not in DTYPES:
         raise ValueError(
             f"dtype: expected one of torch.float32, torch.float16, torch.bfloat16, got {dtype}"
         )
-    m = _check_int("k_multiple", k_multiple)
+    m = check_int("k_multiple", k_multiple)
     k_pad = -(-3 * p * p // m) * m
     chosen = _resolve_backend(backend, frames)
     return torch.ops.haic_kernels.patchify(frames, p, mean_v, std_v, dtype, k_pad, chosen)
@@ -115,74 +115,10 @@ def _check_frames(frames: object) -> None:
         )
 
 
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
-    return value
-
-
-def _check_triple(name: str, values: object) -> list[float]:
-    try:
-        out = [float(v) for v in values]  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected 3 numbers (R, G, B), got {values!r}") from None
-    if len(out) != 3:
-        raise ValueError(f"{name}: expected 3 numbers (R, G, B), got {len(out)}: {out}")
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name}: expected finite numbers, got {out}")
-    return out
-
-
 def _resolve_backend(backend: str, frames: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    on_cuda = frames.device.type == "cuda"
-    if backend == "auto":
-        if not on_cuda:
-            return "torch"
-        if backends.cuda_ext().usable and _ext_runs_on(frames.device):
-            return "cuda"
-        if backends.triton().usable:
-            return "triton"
-        return "torch"
-    if backend == "cuda":
-        if not on_cuda:
-            raise BackendUnavailable(
-                f"backend='cuda' needs frames on a CUDA device, got frames on {frames.device}; "
-                "use backend='torch' (or 'auto') for CPU tensors"
-            )
-        ext = backends.cuda_ext()
-        if not ext.usable:
-            raise BackendUnavailable(f"backend='cuda': haic_kernels._C is unusable: {ext.reason}")
-        if not _ext_runs_on(frames.device):
-            raise BackendUnavailable(
-                f"backend='cuda': haic_kernels._C has no code for {frames.device} "
-                f"(sm_{''.join(map(str, torch.cuda.get_device_capability(frames.device)))}); "
-                f"{ext.reason}"
-            )
-    elif backend == "triton":
-        tri = backends.triton()
-        if not tri.available:
-            raise BackendUnavailable(f"backend='triton': {tri.reason}")
-        if not on_cuda:
-            from haic_kernels.ops.patchify.triton import interpreting
-
-            if frames.device.type != "cpu" or not interpreting():
-                raise BackendUnavailable(
-                    f"backend='triton' got frames on {frames.device}: Triton needs a CUDA tensor, "
-                    "or a CPU tensor with the interpreter (TRITON_INTERPRET=1 set before triton "
-                    "is imported)"
-                )
-    return backend
-
-
-def _ext_runs_on(device: torch.device) -> bool:
-    # backends.cuda_ext() describes the current device; frames may live on another one.
-    ext = _ext.load()
-    cap = torch.cuda.get_device_capability(device)
-    return ext is not None and any(_ext.arch_runs_on(a, cap) for a in ext.compiled_archs())
+    return resolve_backend(
+        "patchify", backend, frames.device, choices=CHOICES, auto_order=("cuda", "triton")
+    )
 
 
 def _new_output(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device):

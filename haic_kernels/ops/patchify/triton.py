@@ -73,11 +73,6 @@ def _patchify_fwd_kernel(
     )
 
 
-def interpreting() -> bool:
-    """True when the kernel was built by the interpreter (TRITON_INTERPRET=1 at import time)."""
-    return type(_patchify_fwd_kernel).__name__ == "InterpretedFunction"
-
-
 def patchify_triton(
     frames,
     out,
