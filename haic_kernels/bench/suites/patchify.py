@@ -11,7 +11,6 @@ of 224x224, bf16 out, K padded to a multiple of 8 (592).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from haic_kernels.bench.runner import Case
+from haic_kernels.bench.suites._util import load_op, probe, raiser
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
 
 SUITE = "patchify"
@@ -81,47 +81,15 @@ def counts(frames: int, h: int, w: int, p: int, k_pad: int, dtype: torch.dtype) 
     return 2 * n_in, n_in + n_out * itemsize
 
 
-def _load_op() -> tuple[Callable[..., torch.Tensor] | None, str | None, BaseException | None]:
-    """(patchify, skip reason, import error that is a bug rather than absence)."""
-    try:
-        mod = importlib.import_module(OP_MODULE)
-    except ImportError as exc:
-        return None, f"{OP_MODULE} is not importable here ({type(exc).__name__}: {exc})", None
-    except Exception as exc:
-        return None, None, exc
-    return mod.patchify, None, None
-
-
-def _unavailable() -> type[Exception]:
-    try:
-        from haic_kernels.backends import BackendUnavailable
-    except ImportError:
-        return RuntimeError
-    return BackendUnavailable
-
-
-_probe_cache: dict[tuple[str, str, torch.dtype, int], str | None] = {}
-
-
 def _probe(
     op: Callable[..., torch.Tensor], backend: str, device: torch.device, dtype: torch.dtype, km: int
 ) -> str | None:
-    """The op's reason if ``backend`` cannot run here (it raises BackendUnavailable), else None.
-
-    Any other exception is not a reason to skip: the case then runs and is reported as failed.
-    """
-    key = (backend, str(device), dtype, km)
-    if key not in _probe_cache:
+    def call() -> None:
         shape = (1, 2 * PATCH, 2 * PATCH, 3)
         frames = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
-        try:
-            op(frames, patch_size=PATCH, dtype=dtype, k_multiple=km, backend=backend)
-            _probe_cache[key] = None
-        except _unavailable() as exc:
-            _probe_cache[key] = str(exc)
-        except Exception:
-            _probe_cache[key] = None
-    return _probe_cache[key]
+        op(frames, patch_size=PATCH, dtype=dtype, k_multiple=km, backend=backend)
+
+    return probe((SUITE, backend, str(device), dtype, km), call)
 
 
 def _make_check(
@@ -148,19 +116,12 @@ def _frames_factory(n: int, h: int, w: int) -> Callable[[torch.device], tuple[to
     return make_inputs
 
 
-def _raiser(exc: BaseException) -> Callable[..., Any]:
-    def fn(*_: Any) -> Any:
-        raise RuntimeError(f"importing {OP_MODULE} failed: {type(exc).__name__}: {exc}") from exc
-
-    return fn
-
-
 def cases(size: str, device: torch.device) -> list[Case]:
     """Baselines first, then the op's backends, for every shape of ``size``."""
     if size not in SHAPES:
         raise ValueError(f"size: expected one of {sorted(SHAPES)}, got {size!r}")
     device = torch.device(device)
-    op, op_skip, op_error = _load_op()
+    op, op_skip, op_error = load_op(OP_MODULE, "patchify")
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=device)
     std = torch.tensor(CLIP_STD, dtype=torch.float32, device=device)
     out: list[Case] = []
@@ -203,7 +164,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
         for b in OP_BACKENDS:
             label = f"{SUITE} {b} {name}"
             if op_error is not None:
-                out.append(Case(backend=b, fn=_raiser(op_error), **common))
+                out.append(Case(backend=b, fn=raiser(OP_MODULE, op_error), **common))
                 continue
             skip = op_skip
             if skip is None and op is not None:
