@@ -124,8 +124,10 @@ def _fake_patchify(column_order=(0, 2, 4, 1, 3, 5)):
 @pytest.fixture
 def fake_op(monkeypatch):
     def install(fn):
-        monkeypatch.setattr(patchify_suite, "_load_op", lambda: (fn, None, None))
-        monkeypatch.setattr(patchify_suite, "_probe_cache", {})
+        from haic_kernels.bench.suites import _util
+
+        monkeypatch.setattr(patchify_suite, "load_op", lambda *_: (fn, None, None))
+        monkeypatch.setattr(_util, "_probe_cache", {})
 
     return install
 
