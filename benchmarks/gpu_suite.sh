@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call: build, all tests, all benchmarks, a short table last.
 #
-#   benchmarks/gpu_suite.sh OUTDIR        (on the GPU machine; PYTHON=... to pick the interpreter)
+#   benchmarks/gpu_suite.sh OUTDIR [STEP ...]   (on the GPU machine; PYTHON=... for the interpreter)
 #
 # Writes into OUTDIR: gpu_suite.log (everything printed), junit.xml (tests), benchmarks.json
 # (pytest-benchmark), bench.json (`haic bench` results, see benchmarks/results/README.md) and
@@ -9,8 +9,8 @@
 # does not stop the later ones; the exit status is non-zero if any step failed.
 set -euo pipefail
 
-if [[ $# -ne 1 ]]; then
-    echo "usage: $0 OUTDIR" >&2
+if [[ $# -lt 1 ]]; then
+    echo "usage: $0 OUTDIR [versions|build|tests|sanitize|bench|bench-video|pytest-bench ...]" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -62,13 +62,56 @@ PY
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo 'no commit')"
 }
 
-step "versions" versions
-step "build (pip install -e)" "$PY" -m pip install --no-deps --no-build-isolation -e .
-step "tests" "$PY" -m pytest tests -m "gpu or not gpu" -q -ra --junitxml "$OUT/junit.xml"
-step "pytest benchmarks" "$PY" -m pytest benchmarks --size full -q -ra \
-    --benchmark-json "$OUT/benchmarks.json"
-step "haic bench all" "$PY" -m haic_kernels.bench.cli all --size full --no-progress \
-    --json "$OUT/bench.json" --plot "$OUT/bench.png"
+sanitize() {
+    if ! command -v compute-sanitizer >/dev/null; then
+        echo "compute-sanitizer: not on PATH, skipped"
+        return 0
+    fi
+    # memcheck over the GPU tests of the ops with a CUDA backend (csrc/): slow, so only those.
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest -q -x -m gpu \
+        tests/ops/test_patchify.py tests/ops/test_conv_compress.py tests/ops/test_patch_embed.py \
+        tests/ops/test_attention_decode.py tests/ops/test_token_prune.py -k cuda
+}
+
+# Steps to run: all of the default ones, or those named after OUTDIR (e.g. `OUT tests bench`);
+# "pytest-bench" (the same cases under pytest-benchmark) is only run when named. BENCH_SUITES
+# picks suites for the bench step (default: all), BENCH_ARGS adds options (e.g. "--reps 20").
+STEPS=("${@:2}")
+[[ ${#STEPS[@]} -eq 0 ]] && STEPS=(versions build tests sanitize bench bench-video bench-e2e)
+for s in "${STEPS[@]}"; do
+    case $s in
+    versions) step "versions" versions ;;
+    build) step "build (pip install -e)" "$PY" -m pip install --no-deps --no-build-isolation -e . ;;
+    tests) step "tests" "$PY" -m pytest tests -m "gpu or not gpu" -q -ra --junitxml "$OUT/junit.xml" ;;
+    sanitize) step "compute-sanitizer memcheck" sanitize ;;
+    pytest-bench)
+        step "pytest benchmarks" "$PY" -m pytest benchmarks --size full -q -ra \
+            --benchmark-json "$OUT/benchmarks.json"
+        ;;
+    bench)
+        # Every kernel suite; video decoding is host-driven and takes seconds per call, so it
+        # has its own step with few repetitions.
+        kernel_suites=$("$PY" -c "from haic_kernels.bench import suites
+print(' '.join(n for n in suites.names() if n != 'video'))")
+        # shellcheck disable=SC2086 # BENCH_SUITES and BENCH_ARGS are word lists
+        step "haic bench" "$PY" -m haic_kernels.bench.cli ${BENCH_SUITES:-$kernel_suites} \
+            --size full --no-progress ${BENCH_ARGS:-} --json "$OUT/bench.json" \
+            --plot "$OUT/bench.png"
+        ;;
+    bench-video)
+        step "haic bench video" "$PY" -m haic_kernels.bench.cli video --size full --no-progress \
+            --reps 5 --warmup 1 --json "$OUT/bench_video.json"
+        ;;
+    bench-e2e)
+        # Issue 6: full-size video-chat, bf16, 1-min 720p H.264 clip, batch 8, fast vs reference.
+        step "e2e benchmark" "$PY" benchmarks/e2e.py --size full --json "$OUT/bench_e2e.json"
+        ;;
+    *)
+        echo "unknown step '$s' (versions build tests sanitize bench bench-video bench-e2e pytest-bench)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 {
     echo -e "\n=== summary"

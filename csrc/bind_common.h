@@ -60,5 +60,8 @@ inline haic::DType parse_dtype(const char* op, const char* arg, const std::strin
 
 // One per csrc/bind_<op>.cpp, called from PYBIND11_MODULE in bindings.cpp.
 void bind_patchify(py::module_& m);
+void bind_gather2x2(py::module_& m);
+void bind_decode_attention(py::module_& m);
+void bind_token_select(py::module_& m);
 
 }  // namespace haic::bind

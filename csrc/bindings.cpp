@@ -48,6 +48,9 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<haic::bind::CudaError>(m, "CudaError", PyExc_RuntimeError);
 
   haic::bind::bind_patchify(m);
+  haic::bind::bind_gather2x2(m);
+  haic::bind::bind_decode_attention(m);
+  haic::bind::bind_token_select(m);
   m.def("compiled_archs", &compiled_archs,
         "GPU architectures this module holds code for, e.g. ['sm_80', 'sm_90a'].");
   m.def(

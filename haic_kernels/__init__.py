@@ -8,10 +8,31 @@ compiled extension ``haic_kernels._C``, flash-attn, DALI and PyAV load when firs
 
 from __future__ import annotations
 
-from haic_kernels import backends
+from haic_kernels import backends, pruning
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
+from haic_kernels.ops import token_prune
+from haic_kernels.ops.attention import attention
+from haic_kernels.ops.conv_compress import conv_compress
+from haic_kernels.ops.expert_linear import Routing, expert_linear
+from haic_kernels.ops.patch_embed import patch_embed
 from haic_kernels.ops.patchify import patchify
+from haic_kernels.ops.rope import apply_rope, rope_qkv
 
 __version__ = "0.1.0"
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "__version__", "backends", "patchify"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "Routing",
+    "__version__",
+    "apply_rope",
+    "attention",
+    "backends",
+    "conv_compress",
+    "expert_linear",
+    "patch_embed",
+    "patchify",
+    "pruning",
+    "rope_qkv",
+    "token_prune",
+]

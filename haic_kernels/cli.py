@@ -1,4 +1,4 @@
-"""`haic`: the command line. Subcommands: info, demo, bench.
+"""`haic`: the command line. Subcommands: info, demo, run, parity, bench.
 
 Each subcommand imports what it needs when it runs, so `haic info` works on a machine with only
 torch installed.
@@ -41,6 +41,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_manifest
+
+    return run_manifest(args)
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import parity_command
+
+    return parity_command(args)
+
+
 def _cmd_bench(argv: list[str]) -> int:
     from .bench.cli import main as bench_main
 
@@ -68,6 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    from .run import add_run_arguments
+
+    run = sub.add_parser(
+        "run",
+        help="answer a question about each video of a manifest, one JSON line per video",
+        description="Decode the videos of a JSON-lines manifest in batches (DALI on a GPU, "
+        "DALI CPU or PyAV otherwise), run the model on each and write one JSON line per video "
+        "(answer, token ids, timings, or the error). --shard-id/--num-shards split the "
+        "manifest across processes.",
+    )
+    add_run_arguments(run)
+    run.set_defaults(func=_cmd_run)
+
+    from .parity import add_parity_arguments
+
+    parity = sub.add_parser(
+        "parity",
+        help="check the fast model against the reference, stage by stage",
+        description="Build the reference model, the fast model and a float64 oracle from one "
+        "state dict (seeded random weights or --checkpoint), run them on the same frames and "
+        "prompts, and print each stage's max/mean relative error (patch embed, vision blocks, "
+        "adapter, LM layers, logits) and whether greedy tokens match. Exit status 1 if a stage "
+        "breaks the parity rule (fast error > 2x the same-dtype reference's error + atol) or the "
+        "tokens differ.",
+    )
+    add_parity_arguments(parity)
+    parity.set_defaults(func=_cmd_parity)
 
     # `bench` owns its own parser (haic_kernels/bench/cli.py); registered here for --help only.
     sub.add_parser(

@@ -3,7 +3,8 @@
 Decode a clip, sample frames with the model's policy, run the reference model end to end and
 greedy-decode a few tokens, timing each stage. With the default tiny config the weights are
 seeded random numbers, so the generated text is meaningless by construction; `--checkpoint DIR`
-loads a real HF-format checkpoint instead. Later issues swap the fast path in.
+loads a real HF-format checkpoint instead. On a GPU the fast model (`FastCogVLM2`) runs; on
+the CPU the reference does, followed by the tiny parity table (fast vs reference vs fp64).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--video", type=Path, default=None, help="video file (default: the bundled clip)"
     )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question")
+    p.add_argument(
+        "--model", default="auto", choices=["auto", "fast", "reference"],
+        help="auto: the fast model on a GPU, the reference (plus a parity table) on the CPU",
+    )  # fmt: skip
+    p.add_argument("--backend", default="auto", help="fast model's kernels (auto, torch, triton)")
+    p.add_argument("--no-parity", action="store_true", help="no parity table on the CPU")
+    add_model_arguments(p)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model options shared by `haic demo` and `haic run`."""
     p.add_argument("--config", default="tiny", choices=["tiny", "small", "full"])
     p.add_argument("--variant", default="video-chat", choices=["video-chat", "video-base", "image"])
     p.add_argument("--checkpoint", type=Path, default=None, help="HF-format checkpoint directory")
@@ -105,37 +117,76 @@ def _checkpoint_config(checkpoint: Path):
         raise SystemExit(f"--checkpoint {checkpoint}: {e}") from e
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def resolve_device_dtype(args: argparse.Namespace):
+    """(torch.device, torch.dtype) from ``--device`` / ``--dtype`` ("auto": cuda + bf16 if any)."""
     import torch
-
-    from .models.cogvlm2 import (
-        CogVLM2ForCausalLM,
-        build_prompt,
-        get_config,
-        greedy_generate,
-        init_random_weights,
-        normalize_frames,
-    )
-    from .video.pyav import VideoDecodeError, load_video
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, getattr(torch, args.dtype)
+
+
+def build_config(args: argparse.Namespace, device):
+    """The model config: the checkpoint's (``--checkpoint``) or a preset (``--config``)."""
+    from .models.cogvlm2 import get_config
+
+    if args.checkpoint is not None:
+        return _checkpoint_config(args.checkpoint)
+    if args.config == "full" and device.type == "cpu":
+        raise SystemExit("--config full needs a GPU (about 26 GB of bf16 weights)")
+    return get_config(args.config, args.variant)
+
+
+def build_model(args: argparse.Namespace, config, device, dtype):
+    """(model in eval mode, a note on where the weights came from)."""
+    from .models.cogvlm2 import CogVLM2ForCausalLM, init_random_weights
+
+    if args.checkpoint is not None:
+        from .models.cogvlm2.weights import CheckpointError, load_pretrained
+
+        try:
+            model = load_pretrained(args.checkpoint, dtype=dtype, device=device, config=config)
+        except CheckpointError as e:  # missing / mis-shaped weights: name them, no traceback
+            raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from e
+        note = f"checkpoint {args.checkpoint}"
     else:
-        dtype = getattr(torch, args.dtype)
+        model = CogVLM2ForCausalLM(config)
+        init_random_weights(model, seed=args.seed)
+        model = model.to(device=device, dtype=dtype)
+        note = f"random weights, seed {args.seed}"
+    return model.eval(), note
+
+
+def _print_parity(args: argparse.Namespace, config) -> None:
+    """On the CPU the demo ran the reference: show that the fast model agrees with it."""
+    from .parity import run_parity
+
+    try:
+        result = run_parity(config, num_prompts=2, video=args.video or bundled_clip(),
+                            seed=args.seed, max_new_tokens=4)  # fmt: skip
+    except ImportError as e:
+        print(f"\nparity table skipped: the fast model is not importable ({e})")
+        return
+    print("\nfast model vs reference (`haic parity`, fp32, the same weights):")
+    print(result.format_table())
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models.cogvlm2 import build_prompt, greedy_generate, normalize_frames
+    from .video.pyav import VideoDecodeError, load_video
+
+    device, dtype = resolve_device_dtype(args)
     if args.max_new_tokens < 1:
         raise SystemExit("--max-new-tokens must be at least 1")
     video = args.video or bundled_clip()
     timer = _Timer(device)
 
-    if args.checkpoint is not None:
-        config = _checkpoint_config(args.checkpoint)
-    else:
-        config = get_config(args.config, args.variant)
-        if args.config == "full" and device.type == "cpu":
-            raise SystemExit("--config full needs a GPU (about 26 GB of bf16 weights)")
+    config = build_config(args, device)
 
     # Decode first: a bad video should fail before any weights are built or read.
     try:
@@ -153,21 +204,15 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"error: {e}")
         return 2
 
-    with timer.stage("build model"):
-        if args.checkpoint is not None:
-            from .models.cogvlm2.weights import load_pretrained
+    from .run_video import select_model
 
-            model = load_pretrained(args.checkpoint, dtype=dtype, device=device, config=config)
-            weights_note = f"checkpoint {args.checkpoint}"
-        else:
-            model = CogVLM2ForCausalLM(config)
-            init_random_weights(model, seed=args.seed)
-            model = model.to(device=device, dtype=dtype)
-            weights_note = f"random weights, seed {args.seed}"
-    model.eval()
+    with timer.stage("build model"):
+        model, weights_note = build_model(args, config, device, dtype)
+        model, kind = select_model(args, model, device)
     tokenizer = _load_tokenizer(args.checkpoint, config)
     print(
-        f"model: {config.name} ({weights_note}), {device.type}, {str(dtype).replace('torch.', '')}"
+        f"model: {config.name} {kind} ({weights_note}), {device.type}, "
+        f"{str(dtype).replace('torch.', '')}"
     )
     print(
         f"video: {video.name}, {len(selection)} frames sampled ({selection.policy} policy) at "
@@ -181,16 +226,18 @@ def run_demo(args: argparse.Namespace) -> int:
         f"template {config.template}"
     )
 
+    fast = kind == "fast"  # the fast model takes uint8 frames (normalized in patch embed)
     vision = model.model.vision
     with torch.inference_mode():
-        with timer.stage("normalize frames"):
-            images = normalize_frames(frames_u8.to(device)).to(dtype)
+        with timer.stage("normalize frames", "inside patch embed" if fast else ""):
+            images = frames_u8.to(device) if fast else normalize_frames(frames_u8.to(device))
+            images = images if fast else images.to(dtype)
         with timer.stage("patch embed"):
-            x = vision.embed_patches(images)
+            x = model.embed_patches(images) if fast else vision.embed_patches(images)
         with timer.stage("vision tower", f"{config.vision.num_layers} blocks"):
-            x = vision.run_transformer(x)
+            x = model.run_vision_transformer(x) if fast else vision.run_transformer(x)
         with timer.stage("compress + adapter", "2x2 conv, GLU, boi/eoi"):
-            vision_embeds = vision.compress(x)
+            vision_embeds = model.compress_and_adapt(x) if fast else vision.compress(x)
         with timer.stage("prefill", f"{input_ids.shape[1]} tokens"):
             out = model(input_ids, token_types, vision_embeds=vision_embeds, use_cache=True)
         with timer.stage("generate", "greedy, KV cache"):
@@ -216,6 +263,8 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"generated token ids: {ids}")
     print(f"decoded: {tokenizer.decode(ids)!r}")
+    if device.type == "cpu" and args.checkpoint is None and not args.no_parity:
+        _print_parity(args, config)
     if args.checkpoint is None:
         print(
             "\nnote: these are seeded RANDOM weights, so the text above is meaningless by design; "

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from haic_kernels import _ext
+from tests._emulation import run_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_WITH_NVCC = shutil.which("nvcc") is not None and os.environ.get(
@@ -160,50 +161,11 @@ def test_kernel_without_gpu_raises_not_crashes():
 # ---- the CUDA kernel, emulated on the host -------------------------------------------------------
 
 
-def _cxx20() -> str | None:
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
-    if cxx is None:
-        return None
-    probe = subprocess.run(
-        [cxx, "-std=c++20", "-x", "c++", "-fsyntax-only", "-"],
-        input="#include <barrier>\nint main() {}\n",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return cxx if probe.returncode == 0 else None
-
-
 def test_patchify_kernel_host_emulation(tmp_path):
     """csrc/patchify.cu compiled by g++ against csrc/emu shims, threads as CUDA threads.
 
     Bit-exact against fmaf + rounding over aligned/misaligned inputs and outputs, crop/strided
     views, several tiles per patch row, odd k_pad; UBSan catches misaligned 16-byte accesses.
     """
-    cxx = _cxx20()
-    if cxx is None:
-        pytest.skip("needs a C++20 compiler with <barrier> (g++ >= 11)")
-    exe = tmp_path / "patchify_emu"
-    flags = ["-std=c++20", "-O1", "-pthread", "-Wall", "-Wno-unknown-pragmas"]
-    ubsan = ["-fsanitize=alignment", "-fno-sanitize-recover=all"]
-    cmd = [
-        cxx,
-        *flags,
-        f"-I{ROOT / 'csrc' / 'emu' / 'include'}",
-        f"-I{ROOT / 'csrc'}",
-        "-x",
-        "c++",
-        str(ROOT / "csrc" / "patchify.cu"),
-        "-x",
-        "c++",
-        str(ROOT / "csrc" / "emu" / "patchify_emu.cpp"),
-        "-o",
-        str(exe),
-    ]
-    build = subprocess.run([*cmd[:1], *ubsan, *cmd[1:]], capture_output=True, text=True)
-    if build.returncode != 0 and "sanitize" in build.stderr:
-        build = subprocess.run(cmd, capture_output=True, text=True)  # no libubsan here
-    assert build.returncode == 0, build.stderr
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "0 failed" in run.stdout
+    out = run_emulation(tmp_path, "patchify.cu", "patchify_emu.cpp")
+    assert "0 failed" in out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from functools import cache
 
 import torch
 
@@ -59,16 +58,13 @@ def is_verified(op: str, backend: str, device: torch.device) -> bool:
     return trust_unverified() or _arch(device) in VERIFIED.get((op, backend), frozenset())
 
 
-@cache
 def interpreting() -> bool:
-    """True when Triton runs kernels through its interpreter (TRITON_INTERPRET=1 at import)."""
-    import triton
+    """True when Triton runs kernels through its interpreter.
 
-    @triton.jit
-    def _probe(x):
-        pass
-
-    return type(_probe).__name__ == "InterpretedFunction"
+    Triton decides this from TRITON_INTERPRET when a kernel is decorated; reading the variable
+    (rather than decorating a probe kernel) keeps this traceable by torch.compile.
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def ext_runs_on(device: torch.device) -> bool:

@@ -1,29 +1,37 @@
-"""Video input: frame sampling policies and decoders.
+"""Video input: frame sampling policies, decoders and the batch loader.
 
-`sample_frames` is pure Python. Decoders import their libraries lazily: PyAV (CPU, any FFmpeg
-codec) here; the DALI GPU loader arrives with its own issue.
+`sample_frames` is pure Python. Everything else imports its libraries lazily: PyAV (CPU, any
+FFmpeg codec) in `pyav`, NVIDIA DALI (NVDEC on a GPU, or its CPU decoder for VP8/VP9/MJPEG) in
+`dali`; `VideoLoader` (`loader`) picks between them per video and batches the frames.
 """
 
 from __future__ import annotations
 
 from .sampling import POLICIES, FrameSelection, frame_timestamps, sample_frames
 
-__all__ = [
-    "POLICIES",
-    "FrameSelection",
-    "VideoDecodeError",
-    "VideoInfo",
-    "decode_frames",
-    "frame_timestamps",
-    "load_video",
-    "probe_video",
-    "sample_frames",
-]
+_LAZY = {
+    "VideoDecodeError": "pyav",
+    "VideoInfo": "pyav",
+    "decode_frames": "pyav",
+    "load_video": "pyav",
+    "probe_video": "pyav",
+    "DaliVideoDecoder": "dali",
+    "VideoBatch": "loader",
+    "VideoError": "loader",
+    "VideoLoader": "loader",
+    "shard_bounds": "loader",
+    "ManifestError": "manifest",
+    "ManifestRecord": "manifest",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
+}
+
+__all__ = ["POLICIES", "FrameSelection", "frame_timestamps", "sample_frames", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):
-    if name in {"VideoDecodeError", "VideoInfo", "decode_frames", "load_video", "probe_video"}:
-        from . import pyav
+    if name in _LAZY:
+        import importlib
 
-        return getattr(pyav, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'haic_kernels.video' has no attribute {name!r}")

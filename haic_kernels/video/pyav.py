@@ -36,6 +36,8 @@ class VideoInfo:
     height: int
     codec: str
     timestamps: tuple[float, ...]
+    #: What the container's header says (None: not stated), checked against the packets.
+    declared_duration: float | None = None
 
 
 def _import_av():
@@ -68,6 +70,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        declared = _declared_duration(container, stream)
         times = []
         for packet in container.demux(stream):
             if packet.pts is not None and packet.size > 0:
@@ -83,17 +86,36 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     ts = tuple(t - start for t in times)
     rate = stream.average_rate
     fps = float(rate) if rate else (len(ts) - 1) / max(ts[-1], 1e-9) if len(ts) > 1 else 1.0
+    duration = ts[-1] + 1.0 / fps
+    # A cut-off file still demuxes cleanly up to the cut; its header still gives the full length.
+    if declared is not None and duration < declared - max(2.0 / fps + 0.05, 0.05 * declared):
+        raise VideoDecodeError(
+            path,
+            f"truncated: frames end at {duration:.2f} s but the header says {declared:.2f} s "
+            f"({len(ts)} frames found)",
+        )
     ctx = stream.codec_context
     return VideoInfo(
         path=str(path),
         num_frames=len(ts),
         fps=fps,
-        duration=ts[-1] + 1.0 / fps,
+        duration=duration,
         width=ctx.width,
         height=ctx.height,
         codec=ctx.name,
         timestamps=ts,
+        declared_duration=declared,
     )
+
+
+def _declared_duration(container, stream) -> float | None:
+    """The video stream's length from the header, or the container's when it holds only video
+    (with audio, the container's length may be the audio's)."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0 and len(container.streams) == 1:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
 
 
 def decode_frames(

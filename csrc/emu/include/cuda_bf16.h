@@ -16,3 +16,4 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
   return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
 }
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float(unsigned{h.v} << 16); }

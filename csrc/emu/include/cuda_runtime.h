@@ -26,6 +26,16 @@ inline unsigned __float_as_uint(float f) {
   std::memcpy(&u, &f, 4);
   return u;
 }
+struct float2 {
+  float x, y;
+};
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Defined by the emulation driver that uses it (a per-warp exchange between std::threads).
+float __shfl_xor_sync(unsigned mask, float var, int lane_mask, int width = 32);
 inline uint4 __ldg(const uint4* p) { return *p; }
 inline unsigned char __ldg(const unsigned char* p) { return *p; }
 using std::min;

@@ -17,6 +17,7 @@ from .config import (
     count_parameters,
     get_config,
 )
+from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
 from .generate import greedy_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
@@ -45,6 +46,8 @@ __all__ = [
     "CogVLM2ForCausalLM",
     "CogVLM2Model",
     "EVA2CLIPModel",
+    "FastCausalLMOutput",
+    "FastCogVLM2",
     "KVCache",
     "PromptInputs",
     "TextConfig",
@@ -58,5 +61,6 @@ __all__ = [
     "normalize_frames",
     "set_attn_impl",
     "stack_prompts",
+    "swap_fast_modules",
     "vision_expert_mask",
 ]

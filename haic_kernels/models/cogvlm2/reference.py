@@ -166,6 +166,33 @@ class CogVLM2ForCausalLM(nn.Module):
                     f"{input_ids.shape[0]}"
                 )
 
+    def _check_keep(
+        self, keep: torch.Tensor | None, keep_from_layer: int, shape: torch.Size
+    ) -> torch.Tensor | None:
+        """The kept columns [B, S_kept] (sequence order), or None without ``keep``."""
+        layers = self.config.text.num_layers
+        if isinstance(keep_from_layer, bool) or not isinstance(keep_from_layer, int):
+            raise ValueError(f"keep_from_layer must be an int, got {keep_from_layer!r}")
+        if not 0 <= keep_from_layer < layers:
+            raise ValueError(
+                f"keep_from_layer must be in [0, num_layers={layers}), got {keep_from_layer}"
+            )
+        if keep is None:
+            return None
+        if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+            raise ValueError("keep must be a bool tensor [B, S] (True = the token stays)")
+        if tuple(keep.shape) != tuple(shape):
+            raise ValueError(
+                f"keep must have the shape of input_ids {tuple(shape)}, got {tuple(keep.shape)}"
+            )
+        counts = keep.sum(dim=1)
+        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+            raise ValueError(
+                f"keep must keep the same number (>= 1) of tokens in every row, got "
+                f"{counts.tolist()} (the reference has no padding: run rows separately)"
+            )
+        return keep.nonzero()[:, 1].view(shape[0], int(counts[0]))
+
     def _vision_rows(
         self,
         num_slots: int,
@@ -214,6 +241,8 @@ class CogVLM2ForCausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
+        keep: torch.Tensor | None = None,
+        keep_from_layer: int = 0,
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` [B, S] with types ``token_type_ids`` [B, S] (0 text, 1 vision).
 
@@ -226,8 +255,17 @@ class CogVLM2ForCausalLM(nn.Module):
         ``past_key_values`` holds every layer's keys/values including this call's tokens.
         Vision-expert routing (image variant) follows `vision_expert_mask` of this call's
         ``token_type_ids``.
+
+        Token pruning: ``keep`` (bool [B, S], the same number of True per row) drops this call's
+        tokens where it is False, from decoder layer ``keep_from_layer`` on (0: before the first
+        layer; K > 0: layers 0..K-1 see every token, later layers - and their KV cache - only
+        the kept ones, FastV-style). Kept tokens keep the position ids computed on the full
+        sequence, and routing is recomputed (`vision_expert_mask`) on the kept token types.
+        ``logits`` (and the cache's last position/type) then cover only the kept tokens,
+        [B, S_kept, V]. ``keep=None`` is the unpruned model, unchanged.
         """
         self._check_inputs(input_ids, token_type_ids, position_ids, past_key_values)
+        kept_idx = self._check_keep(keep, keep_from_layer, input_ids.shape)
         vis = token_type_ids == VISION_TOKEN_TYPE
         rows = self._vision_rows(int(vis.sum()), images, vision_embeds)
 
@@ -249,6 +287,12 @@ class CogVLM2ForCausalLM(nn.Module):
 
         new_keys, new_values = [], []
         for i, layer in enumerate(self.model.layers):
+            if kept_idx is not None and i == keep_from_layer:
+                x = x.gather(1, kept_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                position_ids = position_ids.gather(1, kept_idx)
+                token_type_ids = token_type_ids.gather(1, kept_idx)
+                if vision_mask is not None:
+                    vision_mask = vision_expert_mask(token_type_ids)
             past = None
             if past_key_values is not None:
                 past = (past_key_values.keys[i], past_key_values.values[i])

@@ -1,0 +1,404 @@
+"""attention in Triton: a flash-attention-2 style forward pass and the key-scores pass.
+
+Runs on CUDA tensors, or on CPU tensors under the interpreter (TRITON_INTERPRET=1 set before this
+module is imported). Imported lazily by dispatch.py; never imports the reference.
+
+One kernel serves every layout: a token row of sequence ``b`` lives at
+``ptr + b*stride_b + (start + t)*stride_t + h*stride_h``, with ``stride_b = 0`` and ``start`` read
+from ``cu_seqlens`` for the packed layout, ``start = 0`` for the padded one.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Tiles. GPU: BLOCK_M=128 query rows x BLOCK_N=64 keys with 8 warps and 3 stages for D=128 is
+# the configuration of Triton's fused-attention tutorial for Ampere/Hopper (K and V tiles of
+# 64 x 128 bf16 = 16 KiB each, double/triple-buffered within the 228 KiB of an H100 SM); a small
+# autotune set around it is tried once per (D, mask kind, length bucket) on the GPU. Not yet
+# swept here (no GPU was available when this was written). Decode-like calls (<= 16 query rows)
+# use BLOCK_M=16, the smallest tile tl.dot takes. Interpreter: 32 x 32 tiles, because the
+# interpreter's cost is per program and per loop step, and short test sequences (17, 97) would
+# waste most of a 128-row tile.
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=4),
+]
+_INTERP_BLOCK = 32
+_DECODE_BLOCK_M = 16
+# Key-scores pass: one program per (key block, batch, KV head); 64 keys keeps the K tile and the
+# running column sums in registers while the loop walks the chosen query rows of the group.
+_SCORES_BLOCK_N = 64
+_SCORES_BLOCK_M = 64
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, b, seqlen, VARLEN: tl.constexpr):
+    """(first row, length) of sequence ``b``."""
+    if VARLEN:
+        start = tl.load(cu_ptr + b)
+        length = tl.load(cu_ptr + b + 1) - start
+    else:
+        start = 0
+        length = seqlen
+    return start, length
+
+
+@triton.jit
+def _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL: tl.constexpr, HAS_IDS: tl.constexpr):
+    """bool [BLOCK_M, BLOCK_N]: key ``cols`` visible to query ``rows`` (in range, mask rule)."""
+    vis = (cols < len_k)[None, :]
+    if CAUSAL:
+        c = cols[None, :] <= rows[:, None] + off  # bottom-right aligned
+        if HAS_IDS:
+            ids_k = tl.load(ids_ptr + cols, mask=cols < len_k, other=-2)
+            c = c | ((ids_q[:, None] == ids_k[None, :]) & (ids_q[:, None] >= 0))
+        vis = vis & c
+    return vis
+
+
+@triton.jit
+def _fwd_tile(
+    acc, l_i, m_i, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
+    stride_vt, qk_scale, D,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded)."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
+    k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if MASKED:
+        vis = _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL, HAS_IDS)
+        s = tl.where(vis, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # Rows that have seen no key yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    seqlen_q, seqlen_k, group, qk_scale, D,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+    stride_lb, stride_lh, stride_ib, len_bucket,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, STORE_LSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    h = tl.program_id(0)  # heads fastest: the query heads of one KV head share its K/V in L2
+    # Causal blocks further down hold more work: launch them first so the tail is short.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = tl.program_id(2)
+    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, VARLEN)
+    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, VARLEN)
+    start_m = pid_m * BLOCK_M
+    if start_m >= len_q:
+        return
+    b64 = b.to(tl.int64)
+    hk = h // group
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = q_ptr + b64 * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qt
+    k_base = (
+        k_ptr + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
+    )
+    v_base = (
+        v_ptr + b64 * stride_vb + hk.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
+    )
+    row_ok = rows < len_q
+    q_mask = row_ok[:, None] & (offs_d < D)[None, :]
+    q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
+    ids_base = ids_ptr + b64 * stride_ib + q_start
+    ids_q = rows  # placeholder when there are no block ids
+    if HAS_IDS:
+        ids_q = tl.load(ids_base + rows, mask=row_ok, other=-1)
+
+    off = len_k - len_q
+    if CAUSAL:
+        # Keys below full_end are visible to every row of the tile and in range: no mask.
+        full_end = tl.minimum(tl.maximum(start_m + off + 1, 0), len_k)
+        full_end = (full_end // BLOCK_N) * BLOCK_N
+        diag_end = tl.minimum(tl.maximum(start_m + BLOCK_M + off, 0), len_k)
+    else:
+        full_end = (len_k // BLOCK_N) * BLOCK_N
+        diag_end = len_k
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for start_n in range(0, full_end, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+            stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, False, CAUSAL, HAS_IDS,
+            PRECISION,
+        )  # fmt: skip
+    for start_n in range(full_end, diag_end, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+            stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL, HAS_IDS,
+            PRECISION,
+        )  # fmt: skip
+    if HAS_IDS:
+        # Past the causal frontier only same-frame keys are visible: visit blocks holding one.
+        tail = full_end + tl.cdiv(diag_end - full_end, BLOCK_N) * BLOCK_N
+        for start_n in range(tail, len_k, BLOCK_N):
+            cols = start_n + tl.arange(0, BLOCK_N)
+            ids_k = tl.load(ids_base + cols, mask=cols < len_k, other=-2)
+            hit = (ids_q[:, None] == ids_k[None, :]) & (ids_q[:, None] >= 0)
+            if tl.max(hit.to(tl.int32)) > 0:
+                acc, l_i, m_i = _fwd_tile(
+                    acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
+                    off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL,
+                    HAS_IDS, PRECISION,
+                )  # fmt: skip
+
+    empty = l_i == 0.0  # a row that sees no key: out 0, lse -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_base = o_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_ot
+    tl.store(
+        o_base + rows[:, None] * stride_ot + offs_d[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=q_mask,
+    )
+    if STORE_LSE:
+        lse = (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # ln 2
+        lse = tl.where(empty, float("-inf"), lse)
+        l_base = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start
+        tl.store(l_base + rows, lse, mask=row_ok)
+
+
+_attn_fwd_tuned = triton.autotune(
+    configs=_GPU_CONFIGS, key=["D", "group", "len_bucket", "CAUSAL", "HAS_IDS", "VARLEN"]
+)(_attn_fwd_kernel)
+
+
+@triton.jit
+def _key_scores_kernel(
+    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    seqlen_q, seqlen_k, group, qk_scale, D,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # part[hk, b, j] = sum over the query heads of KV head hk and the chosen rows i of
+    # exp(s_ij - lse_i): the probabilities of the forward pass, recomputed one key block at a time.
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    hk = tl.program_id(2)
+    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, VARLEN)
+    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, VARLEN)
+    start_n = pid_n * BLOCK_N
+    if start_n >= len_k:
+        return
+    b64 = b.to(tl.int64)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)
+    k_base = (
+        k_ptr + b64 * stride_kb + hk.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
+    )
+    k_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
+    k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=k_mask, other=0.0)
+    ids_base = ids_ptr + b64 * stride_ib + q_start
+    off = len_k - len_q
+    q_lo = 0
+    if CAUSAL and not HAS_IDS:
+        # Rows i < start_n - off see none of these keys.
+        q_lo = (tl.maximum(start_n - off, 0) // BLOCK_M) * BLOCK_M
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start_m in range(q_lo, len_q, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < len_q
+        sel = tl.load(sel_ptr + b64 * stride_sb + q_start + rows, mask=row_ok, other=0)
+        if tl.max(sel.to(tl.int32)) > 0:
+            ids_q = rows
+            if HAS_IDS:
+                ids_q = tl.load(ids_base + rows, mask=row_ok, other=-1)
+            vis = _visible(rows, cols, len_k, off, ids_q, ids_base, CAUSAL, HAS_IDS)
+            vis = vis & (sel != 0)[:, None]
+            q_mask = row_ok[:, None] & (offs_d < D)[None, :]
+            for g in range(0, group):
+                h = (hk * group + g).to(tl.int64)
+                q_base = q_ptr + b64 * stride_qb + h * stride_qh + q_start.to(tl.int64) * stride_qt
+                q = tl.load(
+                    q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0
+                )
+                lse = tl.load(
+                    lse_ptr + b64 * stride_lb + h * stride_lh + q_start + rows, mask=row_ok,
+                    other=0.0,
+                )  # fmt: skip
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                p = tl.math.exp2(s - (lse * 1.4426950408889634)[:, None])
+                acc += tl.sum(tl.where(vis, p, 0.0), 0)
+    p_base = part_ptr + hk.to(tl.int64) * stride_ph + b64 * stride_pb + k_start
+    tl.store(p_base + cols, acc, mask=cols < len_k)
+
+
+# ---- launchers ----------------------------------------------------------------------------------
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, triton.next_power_of_2(max(n, 1)))
+
+
+def attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    cu_seqlens: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    block_ids: torch.Tensor | None,
+    key_scores: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    max_seqlen: int | None,
+    need_lse: bool,
+    alloc,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(out, lse or None, scores or None)``; layouts as in `haic_kernels.attention`.
+
+    ``alloc(shape, dtype, device)`` allocates the outputs (tests pass a poisoning one).
+    """
+    packed = cu_seqlens is not None
+    # The kernels need unit stride along the head dim; other strides are passed through.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    hq, d = q.shape[-2], q.shape[-1]
+    hkv = k.shape[-2]
+    dev = q.device
+    if packed:
+        cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
+        batch = cu_seqlens.numel() - 1
+        if max_seqlen is None:
+            max_seqlen = int(cu_seqlens.diff().max()) if batch else 0
+        max_k = int(cu_k.diff().max()) if batch else 0
+        seqlen_q = seqlen_k = 0
+        qs = (0, q.stride(0), q.stride(1))
+        ks = (0, k.stride(0), k.stride(1))
+        vs = (0, v.stride(0), v.stride(1))
+    else:
+        cu_k = cu_seqlens = torch.zeros(1, dtype=torch.int32, device=dev)  # unused
+        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+        max_seqlen, max_k = seqlen_q, seqlen_k
+        qs = (q.stride(0), q.stride(1), q.stride(2))
+        ks = (k.stride(0), k.stride(1), k.stride(2))
+        vs = (v.stride(0), v.stride(1), v.stride(2))
+    out = alloc(q.shape, q.dtype, dev)
+    os_ = (0, out.stride(0), out.stride(1)) if packed else out.stride()[:3]
+    need_lse_buf = need_lse or key_scores is not None
+    lse_shape = (hq, q.shape[0]) if packed else (batch, hq, seqlen_q)
+    if need_lse_buf:
+        lse = alloc(lse_shape, torch.float32, dev)
+    else:
+        lse = out.new_empty(1, dtype=torch.float32)
+    if not need_lse_buf:
+        ls = (0, 0)  # not written (STORE_LSE=False)
+    elif packed:
+        ls = (0, lse.stride(0))
+    else:
+        ls = (lse.stride(0), lse.stride(1))
+    ids = block_ids if block_ids is not None else cu_seqlens
+    ids_sb = 0 if packed or block_ids is None else block_ids.stride(0)
+    if out.numel() == 0 or batch == 0:
+        return out, (lse if need_lse else None), _empty_scores(k, key_scores, packed)
+    block_d = _pow2_at_least(d, 16)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    qk_scale = scale * _LOG2E
+    group = hq // hkv
+    common = dict(CAUSAL=causal, HAS_IDS=block_ids is not None, VARLEN=packed, PRECISION=precision)
+    args = (
+        q, k, v, out, lse, cu_seqlens, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
+        *qs, *ks, *vs, *os_, *ls, ids_sb,
+    )  # fmt: skip
+    from haic_kernels.ops._common import interpreting
+
+    small = max_seqlen <= _DECODE_BLOCK_M
+    if dev.type == "cpu" or interpreting() or small:
+        bm = _DECODE_BLOCK_M if small else _INTERP_BLOCK
+        bn = _INTERP_BLOCK if dev.type == "cpu" else 64
+        grid = (hq, triton.cdiv(max_seqlen, bm), batch)
+        _attn_fwd_kernel[grid](
+            *args, 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, STORE_LSE=need_lse_buf,
+            num_warps=4, **common,
+        )  # fmt: skip
+    else:
+        bucket = min(triton.next_power_of_2(max_seqlen), 1 << 14)
+
+        def grid(meta):
+            return (hq, triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch)
+
+        _attn_fwd_tuned[grid](*args, bucket, BLOCK_D=block_d, STORE_LSE=need_lse_buf, **common)
+
+    scores = None
+    if key_scores is not None:
+        scores = _key_scores(
+            q, k, lse, key_scores, cu_seqlens, cu_k, ids, batch, seqlen_q, seqlen_k, max_k,
+            group, qk_scale, d, qs, ks, ls, ids_sb, block_d, common, packed,
+        )  # fmt: skip
+    return out, (lse if need_lse else None), scores
+
+
+def _empty_scores(k, key_scores, packed):
+    if key_scores is None:
+        return None
+    shape = (k.shape[0],) if packed else (k.shape[0], k.shape[1])
+    return torch.zeros(shape, dtype=torch.float32, device=k.device)
+
+
+def _key_scores(
+    q, k, lse, key_scores, cu_q, cu_k, ids, batch, seqlen_q, seqlen_k, max_k, group, qk_scale,
+    d, qs, ks, ls, ids_sb, block_d, common, packed,
+):  # fmt: skip
+    """Second pass: per-KV-head partial column sums, reduced in a fixed order (deterministic)."""
+    hkv = k.shape[-2]
+    dev = q.device
+    sel = key_scores.contiguous().view(torch.uint8)
+    if packed:
+        part = torch.zeros(hkv, k.shape[0], dtype=torch.float32, device=dev)
+        ps = (0, part.stride(0))
+        sel_sb = 0
+    else:
+        part = torch.zeros(hkv, batch, seqlen_k, dtype=torch.float32, device=dev)
+        ps = (part.stride(1), part.stride(0))
+        sel_sb = sel.stride(0)
+    on_cpu = dev.type == "cpu"
+    bn = _INTERP_BLOCK if on_cpu else _SCORES_BLOCK_N
+    bm = _INTERP_BLOCK if on_cpu else _SCORES_BLOCK_M
+    if 0 < seqlen_q <= _DECODE_BLOCK_M:  # padded decode-like calls: one small query tile
+        bm = _DECODE_BLOCK_M
+    grid = (triton.cdiv(max_k, bn), batch, hkv)
+    _key_scores_kernel[grid](
+        q, k, lse, sel, part, cu_q, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
+        *qs, *ks, *ls, sel_sb, ids_sb, *ps, BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_D=block_d, num_warps=4, **common,
+    )  # fmt: skip
+    total = part.sum(0)  # [B, Sk] or [Tk]
+    hq = q.shape[-2]
+    if packed:
+        zero = torch.zeros(1, dtype=torch.int64, device=dev)
+        csum = torch.cat([zero, key_scores.to(torch.int64).cumsum(0)])
+        n_chosen = csum[cu_q[1:].long()] - csum[cu_q[:-1].long()]  # chosen rows per sequence
+        rows_k = torch.arange(k.shape[0], device=dev, dtype=torch.int32)
+        seq_of_key = torch.searchsorted(cu_k[1:].contiguous(), rows_k, right=True)
+        n_key = n_chosen[seq_of_key]
+    else:
+        n_key = key_scores.sum(1, keepdim=True)  # [B, 1]
+    denom = (n_key * hq).to(torch.float32)
+    return torch.where(n_key > 0, total / denom.clamp_min(1.0), 0.0)

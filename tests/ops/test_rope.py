@@ -1,0 +1,180 @@
+"""rope_qkv / apply_rope: against the model's RotaryEmbedding + apply_rotary, an fp64 complex
+oracle (the parity rule), errors, opcheck and compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from haic_kernels import backends
+from haic_kernels.models.cogvlm2.language import RotaryEmbedding, apply_rotary
+from haic_kernels.ops.rope import api, apply_rope, rope_qkv
+from haic_kernels.testing import assert_parity, poison_
+
+HAS_CUDA = torch.cuda.is_available()
+THETA = 500000.0
+
+
+def _triton_ok() -> bool:
+    if HAS_CUDA or not backends.triton().usable:
+        return False
+    from haic_kernels.ops._common import interpreting
+
+    return interpreting()
+
+
+def _backends():
+    return ["torch", "triton"] if (_triton_ok() or HAS_CUDA) else ["torch"]
+
+
+def _poison_outputs(monkeypatch):
+    monkeypatch.setattr(
+        api,
+        "_new_output",
+        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
+    )
+
+
+def _oracle(x, pos, interleaved, theta=THETA):
+    """fp64: pairs as complex numbers times exp(i * pos * theta^(-2j/D)). x [B, S, H, D]."""
+    d = x.shape[-1]
+    xd = x.double().cpu()
+    if interleaved:
+        pairs = torch.complex(xd[..., 0::2], xd[..., 1::2])
+    else:
+        pairs = torch.complex(xd[..., : d // 2], xd[..., d // 2 :])
+    freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = pos.double().cpu()[..., None, None] * freq  # [B, S, 1, D/2]
+    rot = pairs * torch.polar(torch.ones_like(ang), ang)
+    if interleaved:
+        return torch.stack([rot.real, rot.imag], dim=-1).flatten(-2)
+    return torch.cat([rot.real, rot.imag], dim=-1)
+
+
+def _model_rope(x, pos, interleaved):
+    """The reference model's path in x's dtype: RotaryEmbedding + apply_rotary, x [B, S, H, D]."""
+    emb = RotaryEmbedding(x.shape[-1], THETA, interleaved).to(x.device)
+    cos, sin = emb(pos, x.dtype)
+    return apply_rotary(x.transpose(1, 2), cos, sin, interleaved).transpose(1, 2)
+
+
+# (B, S, Hq, Hkv, D): decode, odd lengths, GQA 4 and 1, head dims 64 / 48 (not a power of 2)
+SHAPES = [(1, 1, 4, 1, 64), (2, 17, 4, 2, 48), (1, 97, 3, 3, 64), (2, 5, 8, 2, 128)]
+IDS = [f"B{b}-S{s}-H{hq}.{hkv}-D{d}" for b, s, hq, hkv, d in SHAPES]
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(("b", "s", "hq", "hkv", "d"), SHAPES, ids=IDS)
+@pytest.mark.parametrize("backend", _backends())
+def test_rope_qkv_parity(seed, monkeypatch, backend, b, s, hq, hkv, d, dtype, interleaved):
+    _poison_outputs(monkeypatch)
+    qkv = torch.randn(b, s, (hq + 2 * hkv) * d).to(dtype)
+    pos = torch.randint(0, 9000, (b, s))
+    q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,
+                       backend=backend)  # fmt: skip
+    q_in, k_in, v_in = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    q_in, k_in = q_in.view(b, s, hq, d), k_in.view(b, s, hkv, d)
+    for name, got, x in (("q", q, q_in), ("k", k, k_in)):
+        assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
+        model = _model_rope(x, pos, interleaved)
+        assert_parity(got, model, _oracle(x, pos, interleaved), what=f"{backend} {name} {seed}")
+        # the model's own formula, same dtype: equal up to fp32 rounding of cos/sin/FMA
+        tol = 1e-6 if dtype == torch.float32 else 1e-3
+        torch.testing.assert_close(got, model, atol=tol, rtol=tol)
+    assert torch.equal(v, v_in.reshape(b, s, hkv, d))
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_apply_rope_packed_and_strided(seed, monkeypatch, backend):
+    _poison_outputs(monkeypatch)
+    t, h, d = 23, 3, 64
+    big = torch.randn(t, h, 2 * d)
+    x = big[..., :d]  # head rows strided: goes through a contiguous copy
+    pos = torch.randint(0, 100, (t,))
+    got = apply_rope(x, pos, backend=backend)
+    want = _model_rope(x.unsqueeze(0), pos.unsqueeze(0), False)[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_positions_from_the_model_rule(seed):
+    """CogVLM's repeated position ids (a frame's patches share one) rotate alike."""
+    x = torch.randn(1, 6, 2, 64)
+    pos = torch.tensor([[0, 1, 2, 2, 2, 3]])
+    out = apply_rope(x.clone(), pos)
+    same = apply_rope(x[:, 2:5].contiguous(), torch.full((1, 3), 2))
+    assert torch.equal(out[:, 2:5], same)
+    assert not torch.equal(out[:, 1], apply_rope(x[:, 1:2].contiguous(), pos[:, 2:3])[:, 0])
+
+
+BAD = {
+    "width": (lambda: rope_qkv(torch.randn(3, 100), torch.zeros(3).long(), num_heads=4,
+                               num_kv_heads=2), ValueError, ["qkv", "multiple"]),
+    "odd-d": (lambda: rope_qkv(torch.randn(3, 30), torch.zeros(3).long(), num_heads=4,
+                               num_kv_heads=3), ValueError, ["head dim", "even"]),
+    "pos-shape": (lambda: rope_qkv(torch.randn(3, 64), torch.zeros(4).long(), num_heads=2,
+                                   num_kv_heads=1), ValueError, ["position_ids", "(3,)"]),
+    "pos-float": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3)), TypeError,
+                  ["position_ids", "float32"]),
+    "x-int": (lambda: apply_rope(torch.zeros(3, 2, 8).long(), torch.zeros(3).long()), TypeError,
+              ["x", "int64"]),
+    "heads-0": (lambda: rope_qkv(torch.randn(3, 64), torch.zeros(3).long(), num_heads=0,
+                                 num_kv_heads=1), ValueError, ["num_heads"]),
+    "theta": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(), theta=-1.0),
+              ValueError, ["theta"]),
+    "backend": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(), backend="x"),
+                ValueError, ["backend"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_arguments(kind):
+    call, exc, words = BAD[kind]
+    with pytest.raises(exc) as info:
+        call()
+    for w in words:
+        assert w in str(info.value), f"{w!r} missing from: {info.value}"
+
+
+def test_opcheck(seed):
+    x = torch.randn(7, (4 + 2 * 2) * 16)
+    pos = torch.randint(0, 50, (7,))
+    freqs = api.inv_freq(THETA, 16)
+    for inter in (False, True):
+        torch.library.opcheck(
+            torch.ops.haic_kernels.rope.default,
+            (x, pos, freqs, [4, 2, 2], [True, True, False], inter, "torch"),
+        )
+
+
+def test_torch_compile_fullgraph(seed):
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(qkv, pos):
+        q, k, v = rope_qkv(qkv, pos, num_heads=2, num_kv_heads=1)
+        return q.sum() + k.sum() + v.sum()
+
+    qkv, pos = torch.randn(1, 5, 4 * 32), torch.arange(5).view(1, 5)
+    q, k, v = rope_qkv(qkv, pos, num_heads=2, num_kv_heads=1)
+    torch.testing.assert_close(f(qkv, pos), q.sum() + k.sum() + v.sum())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(
+    ("t", "hq", "hkv", "d"),
+    [(1, 32, 8, 128), (8192, 32, 8, 128), (1025, 8, 2, 128), (97, 4, 4, 64)],
+)
+def test_gpu_parity(seed, monkeypatch, t, hq, hkv, d, dtype, interleaved):  # fmt: skip
+    _poison_outputs(monkeypatch)
+    qkv = torch.randn(1, t, (hq + 2 * hkv) * d, device="cuda").to(dtype)
+    pos = torch.randint(0, 8192, (1, t), device="cuda")
+    q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,
+                       backend="triton")  # fmt: skip
+    q_in, k_in, v_in = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    for got, x in ((q, q_in.view(1, t, hq, d)), (k, k_in.view(1, t, hkv, d))):
+        model = _model_rope(x, pos, interleaved)
+        assert_parity(got, model, _oracle(x, pos, interleaved), what=f"gpu {dtype} {seed}")
+    assert torch.equal(v, v_in.reshape(1, t, hkv, d))
