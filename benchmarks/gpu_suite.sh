@@ -10,7 +10,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 OUTDIR [versions|build|tests|sanitize|bench|bench-video|pytest-bench ...]" >&2
+    echo "usage: $0 OUTDIR [versions|build|tests|sanitize|bench|bench-video|bench-e2e|pytest-bench ...]" >&2
     exit 2
 fi
 mkdir -p "$1"
