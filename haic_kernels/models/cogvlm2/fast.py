@@ -125,16 +125,25 @@ class FastVisionExpertAttention(nn.Module):
         *,
         routing: Routing | None = None,
         key_scores: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> tuple[torch.Tensor, KVPair] | tuple[torch.Tensor, KVPair, torch.Tensor]:
         """x [B, S, hidden], vision_mask bool [B, S] or None, position_ids [B, S], past
         ``(k, v)`` [B, Hkv, T, Dh] or None -> (out [B, S, hidden], (k, v) [B, Hkv, T+S, Dh]).
 
         ``key_scores`` (bool [B, S], query rows): also return the attention's float32
         ``scores [B, T+S]`` (head-mean attention each key receives from those rows, see
-        `haic_kernels.attention`), what text-guided pruning ranks by."""
+        `haic_kernels.attention`), what text-guided pruning ranks by.
+
+        Packed (varlen) batch: ``cu_seqlens`` int32 [n+1] (sequence boundaries), x [1, T, hidden]
+        and position_ids [1, T] holding the n sequences back to back, no ``past``; attention
+        stays inside each sequence (``max_seqlen``: the longest, saves a host read); k, v come
+        back packed as [1, Hkv, T, Dh]; ``key_scores`` [1, T] -> scores [1, T]."""
         from haic_kernels.ops.attention import attention
 
         b, s, _ = x.shape
+        if cu_seqlens is not None and (b != 1 or past is not None):
+            raise ValueError("cu_seqlens: needs a packed x [1, T, hidden] and no past")
         route = _route(routing, vision_mask, x)
         ws, bs = _experts(
             self.language_expert_query_key_value,
@@ -156,7 +165,14 @@ class FastVisionExpertAttention(nn.Module):
             k = torch.cat([past[0].transpose(1, 2), k], dim=1)
             v = torch.cat([past[1].transpose(1, 2), v], dim=1)
         scores = None
-        if key_scores is None:
+        if cu_seqlens is not None:
+            res = attention(
+                q[0], k[0], v[0], causal=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                key_scores=None if key_scores is None else key_scores[0],
+                backend=self.attn_backend,
+            )  # fmt: skip
+            ctx, scores = (res, None) if key_scores is None else (res[0], res[1].unsqueeze(0))
+        elif key_scores is None:
             ctx = attention(q, k, v, causal=True, backend=self.attn_backend)  # [B, S, Hq, Dh]
         else:
             ctx, scores = attention(
@@ -266,9 +282,13 @@ class FastCogVLMDecoderLayer(nn.Module):
         *,
         routing: Routing | None = None,
         key_scores: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> tuple[torch.Tensor, KVPair] | tuple[torch.Tensor, KVPair, torch.Tensor]:
         """As the reference layer; ``key_scores`` (bool [B, S]) also returns the attention's
-        key scores [B, T+S] as a third element (see `FastVisionExpertAttention.forward`)."""
+        key scores [B, T+S] as a third element; ``cu_seqlens``/``max_seqlen``: a packed batch
+        x [1, T, hidden] (see `FastVisionExpertAttention.forward`; pass ``routing=`` built with
+        the same ``cu_seqlens``)."""
         route = _route(routing, vision_mask, x)
         res = self.self_attn(
             self.input_layernorm(x),
@@ -277,6 +297,8 @@ class FastCogVLMDecoderLayer(nn.Module):
             past,
             routing=route,
             key_scores=key_scores,
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
         )
         h = x + res[0]
         y = h + self.mlp(self.post_attention_layernorm(h), vision_mask, routing=route)
