@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="answer a question about each video of a manifest, one JSON line per video",
+        help="answer a question about a video (VIDEO) or each video of a manifest (--manifest)",
         description="Decode the videos of a JSON-lines manifest in batches (DALI on a GPU, "
         "DALI CPU or PyAV otherwise), run the model on each and write one JSON line per video "
         "(answer, token ids, timings, or the error). --shard-id/--num-shards split the "

@@ -72,21 +72,29 @@ def kv_bytes(config, batch: int, context: float, elem: int) -> float:
     return batch * t.num_layers * 2 * t.num_kv_heads * t.head_dim * context * elem
 
 
+def decode_clip(clip: Path, config, spec: dict[str, Any], device: torch.device):
+    """``spec["batch"]`` copies of ``clip`` through `VideoLoader` (DALI on a GPU): the batch, its
+    ``frames`` uint8 [B, F, H, W, 3]; RuntimeError if decoding failed."""
+    from ..video.loader import VideoLoader
+
+    loader = VideoLoader([str(clip)] * spec["batch"], policy=config.template,
+                         num_frames=spec["frames"], size=config.vision.image_size,
+                         batch_size=spec["batch"], device=device)  # fmt: skip
+    batch = next(iter(loader))
+    if batch.errors:
+        raise RuntimeError(f"decoding {clip} failed: {batch.errors[0].reason}")
+    return batch
+
+
 def _one_pass(model, kind, config, clip, spec, device, dtype, tokenizer) -> dict[str, Any]:
     from ..models.cogvlm2 import build_prompt, stack_prompts
     from ..run_video import _Clock, _greedy, _vision_stages
-    from ..video.loader import VideoLoader
 
     clock = _Clock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with clock.stage("decode video"):
-        loader = VideoLoader([str(clip)] * spec["batch"], policy=config.template,
-                             num_frames=spec["frames"], size=config.vision.image_size,
-                             batch_size=spec["batch"], device=device)  # fmt: skip
-        batch = next(iter(loader))
-    if batch.errors:
-        raise RuntimeError(f"decoding {clip} failed: {batch.errors[0].reason}")
+        batch = decode_clip(clip, config, spec, device)
     b, f = batch.frames.shape[:2]
     prompts = [build_prompt(tokenizer, "Describe this video.", f, config) for _ in range(b)]
     ids, types = (t.to(device) for t in stack_prompts(prompts))
@@ -107,9 +115,9 @@ def _one_pass(model, kind, config, clip, spec, device, dtype, tokenizer) -> dict
             "prompt_len": ids.shape[1]}  # fmt: skip
 
 
-def _row(case, backend, baseline, spec, dtype, ms, n, **extra) -> dict[str, Any]:
+def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -> dict[str, Any]:
     return {
-        "suite": SUITE, "case": case, "backend": backend, "baseline": baseline,
+        "suite": suite, "case": case, "backend": backend, "baseline": baseline,
         "shapes": {"batch": spec["batch"], "frames": spec["frames"]},
         "dtype": str(dtype).removeprefix("torch."), "flops": 0, "bytes": extra.pop("bytes", 0),
         "median_ms": ms, "p20_ms": None, "p80_ms": None, "min_ms": None, "n": n,

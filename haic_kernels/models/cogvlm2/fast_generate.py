@@ -18,6 +18,11 @@ over the whole cache (inside a CUDA graph, where the prefix length cannot be rea
 On CUDA (``cuda_graph=None`` or True) the first decode step runs eagerly on a side stream (the
 warm-up: Triton compilation, cuBLAS handles), the step is then captured once and replayed for
 every later token; token, positions and lengths live in static buffers the step updates itself.
+Ragged prompts (`fast_ragged`): the prefill runs packed (varlen); each row's keys/values land
+at the start of its cache row (zeros after), ``seqlens[i][b]`` = row b's length, so every step
+writes row b's new token at its own position; without the decode kernel the step attends with
+masked SDPA over the cache (valid prefix of each row).
+
 The host checks for an all-eos batch every `EOS_CHECK_EVERY` steps; the output is truncated to
 exactly what `greedy_generate` returns.
 """
@@ -61,6 +66,7 @@ class StaticDecoder:
         self.device, self.dtype = device, dtype
         self.eos: int | None = None
         self.graph_mode = False
+        self.ragged = False  # rows of different cached lengths: no common host prefix length
         self._use_cuda_kernel: bool | None = None
 
     # ---- prefill -----------------------------------------------------------------------------
@@ -77,6 +83,30 @@ class StaticDecoder:
         self.values.append(vc)
         self.seqlens.append(torch.full((b,), t, dtype=torch.int32, device=k.device))
         self.lengths.append(t)
+
+    def sink_packed(self, lengths: list[int]):
+        """A sink for a packed prefill (rows of ``lengths``): k, v [1, Hkv, T, Dh] -> per-row
+        static cache rows, zero-filled past each row (masked lanes must not hold NaN)."""
+        self.ragged = True
+        row = col = None
+
+        def sink(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            nonlocal row, col
+            if row is None:
+                from .fast_ragged import _row_col
+
+                row, col = _row_col(lengths, k.device)
+            size = (len(lengths), max(lengths) + self.max_new, self.hkv, self.d)
+            kc = torch.zeros(size, dtype=k.dtype, device=k.device)
+            vc = torch.zeros(size, dtype=v.dtype, device=v.device)
+            kc[row, col] = k[0].transpose(0, 1)
+            vc[row, col] = v[0].transpose(0, 1)
+            self.keys.append(kc)
+            self.values.append(vc)
+            self.seqlens.append(torch.tensor(lengths, dtype=torch.int32, device=k.device))
+            self.lengths.append(max(lengths))
+
+        return sink
 
     # ---- decode ------------------------------------------------------------------------------
 
@@ -99,10 +129,10 @@ class StaticDecoder:
             out = torch.empty_like(q)
             decode_attention_cuda(q[:, 0], kc, vc, out[:, 0], scale=self.d**-0.5, seqlens_k=lens)
             return out
-        if not self.graph_mode:
+        if not self.graph_mode and not self.ragged:
             n = self.lengths[i]
             return attention(q, kc[:, :n], vc[:, :n], causal=True, backend=self.model.attn_backend)
-        # In a graph without the decode kernel: masked SDPA over the whole static cache.
+        # In a graph (or ragged rows) without the decode kernel: masked SDPA over the cache.
         valid = torch.arange(kc.shape[1], device=kc.device).unsqueeze(0) < lens.unsqueeze(1)
         mask = valid[:, None, None, :]  # [B, 1, 1, S]
         r = self.hq // self.hkv
@@ -174,10 +204,28 @@ def generate(
     prune: object = None,
     cuda_graph: bool | None = None,
     timings: dict | None = None,
+    lengths: torch.Tensor | list[int] | None = None,
 ) -> torch.Tensor:
     """Greedy decoding of `FastCogVLM2` ``model``; returns [B, n_new] (n_new <= max_new_tokens,
-    shorter when every sequence produced ``eos_token_id``; finished rows padded with it)."""
+    shorter when every sequence produced ``eos_token_id``; finished rows padded with it).
+    Ragged prompts: lists of rows or padded [B, S] with ``lengths`` (see `fast_ragged`)."""
+    from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
+
     n_new = _check_max_new(max_new_tokens)
+    packed = None
+    if is_ragged(input_ids, lengths):
+        rows = split_rows(input_ids, token_type_ids, lengths)
+        if len({int(r[0].shape[0]) for r in rows}) == 1:  # equal lengths: the dense path
+            input_ids = torch.stack([r[0] for r in rows])
+            token_type_ids = torch.stack([r[1] for r in rows])
+        elif prune is not None:
+            raise ValueError(
+                f"prune: needs rows of equal length, got lengths "
+                f"{[int(r[0].shape[0]) for r in rows]} (prune ragged rows one at a time)"
+            )
+        else:
+            packed = pack_rows(rows, model.config.text.vocab_size)
+            input_ids = packed.input_ids.unsqueeze(0)  # for the device only
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be an integer tensor [B, S]")
     device = input_ids.device
@@ -185,7 +233,7 @@ def generate(
         cuda_graph = device.type == "cuda"
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got input_ids on {device}")
-    b = input_ids.shape[0]
+    b = input_ids.shape[0] if packed is None else packed.batch_size
     if n_new == 0:
         return torch.empty(b, 0, dtype=torch.long, device=device)
     timed = isinstance(timings, dict)
@@ -196,11 +244,18 @@ def generate(
     if timed:
         _sync(device)
     t0 = time.perf_counter()
-    logits, pos, _, _ = model._run(
-        input_ids, token_type_ids, frames, vision_embeds, None, None, prune,
-        kv_sink=dec.sink, last_only=True,
-    )  # fmt: skip
-    last = pos[:, -1]
+    if packed is None:
+        logits, pos, _, _ = model._run(
+            input_ids, token_type_ids, frames, vision_embeds, None, None, prune,
+            kv_sink=dec.sink, last_only=True,
+        )  # fmt: skip
+        logits, last = logits[:, -1], pos[:, -1]
+    else:
+        logits = run_packed(
+            model, packed, frames, vision_embeds,
+            kv_sink=dec.sink_packed(packed.lengths), last_only=True,
+        )  # fmt: skip
+        last = packed.position_ids[packed.last_index]
     max_pos = model.config.text.max_position_embeddings
     if int(last.max()) + n_new - 1 >= max_pos:
         raise ValueError(
@@ -208,7 +263,7 @@ def generate(
             f"max_position_embeddings={max_pos} (prompt plus new tokens too long)"
         )
     dec.pos.copy_(last.unsqueeze(1) + 1)
-    dec.emit(logits[:, -1])
+    dec.emit(logits)
     if timed:
         _sync(device)
     t1 = time.perf_counter()

@@ -17,8 +17,11 @@ checkpoint loads into either. ``from_reference`` shares the reference's paramete
 * ``generate``: greedy decoding with a static KV cache and, on CUDA, a CUDA-graph decode step
   (see `fast_generate`).
 
-Batches: rows of equal length (as the reference; no padding mask). Ragged (varlen) prompts are
-not supported by ``forward``/``generate`` yet: run them one row at a time.
+Batches: rows of equal length as [B, S] tensors (as the reference), or ragged rows (lists of
+1-D rows, or right-padded [B, S] with ``lengths=``) packed back to back and run through varlen
+attention (`fast_ragged`); a ragged ``forward`` returns logits padded to the longest row (NaN
+past each row's end) and takes no cache or pruning; ``generate`` continues each row from its own
+length.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from haic_kernels.pruning import (
 
 from .config import CogVLM2Config
 from .fast import FastCogVLMDecoderLayer, routing_from_mask
+from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
 from .fast_vision import FastEVA2CLIPModel, FastVisionAttention
 from .language import KVCache, build_position_ids, vision_expert_mask
 from .reference import CausalLMOutput, CogVLM2ForCausalLM
@@ -53,9 +57,11 @@ BACKENDS = ("auto", "torch", "triton")
 
 @dataclass
 class FastCausalLMOutput(CausalLMOutput):
-    """`CausalLMOutput` plus ``prune``: the `PrunePlan` applied (None without ``prune=``)."""
+    """`CausalLMOutput` plus ``prune``: the `PrunePlan` applied (None without ``prune=``), and
+    ``lengths`` int64 [B]: each row's valid length in ``logits`` (ragged batches; else None)."""
 
     prune: PrunePlan | None = None
+    lengths: torch.Tensor | None = None
 
 
 def _check_backend(backend: object) -> str:
@@ -331,8 +337,16 @@ class FastCogVLM2(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         prune: object = None,
+        lengths: torch.Tensor | list[int] | None = None,
     ) -> FastCausalLMOutput:
         """Logits [B, S, V] (fp32): `CogVLM2ForCausalLM.forward`'s semantics.
+
+        Ragged batch: ``input_ids``/``token_type_ids`` as lists of 1-D rows [S_b], or padded
+        [B, S] with ``lengths`` int [B] (right padding, every length in [1, S]). Rows of unequal
+        lengths are packed (varlen attention); ``logits`` are then [B, max S_b, V], NaN past
+        each row's end (row b's last token: ``logits[b, lengths[b] - 1]``), ``.lengths`` holds
+        the lengths; ``position_ids``/``past_key_values`` are refused and ``use_cache``/``prune``
+        need rows of equal length. Rows of equal length run the dense path.
 
         ``frames``: uint8 [B*F, H, W, 3] (normalized inside patch_embed) or normalized float
         [B*F, 3, H, W]; their tokens fill the vision slots in order. ``past_key_values`` /
@@ -340,6 +354,11 @@ class FastCogVLM2(nn.Module):
         same way). ``prune``: a `haic_kernels.pruning` policy; then ``logits`` cover the kept
         tokens ([B, S_kept, V]) and ``.prune`` holds the `PrunePlan` (its keep masks, scores).
         """
+        if is_ragged(input_ids, lengths):
+            return self._forward_ragged(
+                input_ids, token_type_ids, frames, vision_embeds, position_ids,
+                past_key_values, use_cache, prune, lengths,
+            )  # fmt: skip
         keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
 
@@ -357,6 +376,33 @@ class FastCogVLM2(nn.Module):
         plan = PrunePlan(stages) if stages else None
         return FastCausalLMOutput(logits=logits, past_key_values=cache, prune=plan)
 
+    def _forward_ragged(
+        self, input_ids, token_type_ids, frames, vision_embeds, position_ids, past, use_cache,
+        prune, lengths,
+    ) -> FastCausalLMOutput:  # fmt: skip
+        if position_ids is not None or past is not None:
+            raise ValueError(
+                "position_ids, past_key_values: not accepted with a ragged batch (lists of rows "
+                "or lengths=); positions are built per row"
+            )
+        rows = split_rows(input_ids, token_type_ids, lengths)
+        lens = torch.tensor([r[0].shape[0] for r in rows], dtype=torch.long)
+        if len(set(lens.tolist())) == 1:  # equal lengths: the dense path does it all
+            out = self.forward(
+                torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), frames,
+                vision_embeds=vision_embeds, use_cache=use_cache, prune=prune,
+            )  # fmt: skip
+            out.lengths = lens.to(out.logits.device) if prune is None else None
+            return out
+        if use_cache or prune is not None:
+            raise ValueError(
+                f"use_cache, prune: need rows of equal length, got lengths {lens.tolist()} "
+                "(generate() continues ragged rows; prune them one row at a time)"
+            )
+        p = pack_rows(rows, self.config.text.vocab_size)
+        logits = p.unpack(run_packed(self, p, frames, vision_embeds))
+        return FastCausalLMOutput(logits=logits, lengths=lens.to(logits.device))
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -369,17 +415,20 @@ class FastCogVLM2(nn.Module):
         prune: object = None,
         cuda_graph: bool | None = None,
         timings: dict | None = None,
+        lengths: torch.Tensor | list[int] | None = None,
     ) -> torch.Tensor:
         """Greedy tokens [B, n_new] (equal to `greedy_generate` on the reference), static KV
         cache, CUDA-graph decode step on CUDA (``cuda_graph=None``: on for CUDA tensors).
-        ``timings`` (a dict) gets "prefill_s", "decode_s", "decode_tokens". See
-        `fast_generate.generate`."""
+        ``timings`` (a dict) gets "prefill_s", "decode_s", "decode_tokens". Ragged prompts
+        (lists of rows, or padded [B, S] with ``lengths``; see ``forward``) are packed for the
+        prefill and each row decodes from its own length (no ``prune`` when lengths differ).
+        See `fast_generate.generate`."""
         from .fast_generate import generate
 
         return generate(
             self, input_ids, token_type_ids, frames, vision_embeds=vision_embeds,
             max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, prune=prune,
-            cuda_graph=cuda_graph, timings=timings,
+            cuda_graph=cuda_graph, timings=timings, lengths=lengths,
         )  # fmt: skip
 
 
