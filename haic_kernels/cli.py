@@ -86,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="answer a question about a video (VIDEO) or each video of a manifest (--manifest)",
-        description="Decode the videos of a JSON-lines manifest in batches (DALI on a GPU, "
-        "DALI CPU or PyAV otherwise), run the model on each and write one JSON line per video "
-        "(answer, token ids, timings, or the error). --shard-id/--num-shards split the "
-        "manifest across processes.",
+        description="VIDEO: decode it (DALI on a GPU, PyAV otherwise), run the model (the fast "
+        "model on a GPU, the reference on a CPU) and print the answer with each stage's time and "
+        "the peak GPU memory. --manifest: decode the videos of a JSON-lines manifest in batches "
+        "and write one JSON line per video (answer, token ids, timings, or the error); "
+        "--shard-id/--num-shards split the manifest across processes.",
     )
     add_run_arguments(run)
     run.set_defaults(func=_cmd_run)
