@@ -10,7 +10,7 @@
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
-    echo "usage: $0 OUTDIR [versions|build|tests|sanitize|bench|bench-video|bench-e2e|pytest-bench ...]" >&2
+    echo "usage: $0 OUTDIR [versions|build|tests|sanitize|bench|bench-video|bench-e2e|bench-prune|pytest-bench ...]" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -77,7 +77,7 @@ sanitize() {
 # "pytest-bench" (the same cases under pytest-benchmark) is only run when named. BENCH_SUITES
 # picks suites for the bench step (default: all), BENCH_ARGS adds options (e.g. "--reps 20").
 STEPS=("${@:2}")
-[[ ${#STEPS[@]} -eq 0 ]] && STEPS=(versions build tests sanitize bench bench-video bench-e2e)
+[[ ${#STEPS[@]} -eq 0 ]] && STEPS=(versions build tests sanitize bench bench-video bench-e2e bench-prune)
 for s in "${STEPS[@]}"; do
     case $s in
     versions) step "versions" versions ;;
@@ -106,8 +106,13 @@ print(' '.join(n for n in suites.names() if n != 'video'))")
         # Issue 6: full-size video-chat, bf16, 1-min 720p H.264 clip, batch 8, fast vs reference.
         step "e2e benchmark" "$PY" benchmarks/e2e.py --size full --json "$OUT/bench_e2e.json"
         ;;
+    bench-prune)
+        # Issue 7: full-size LM, 24 frames, bf16: pruned (keep 25% / 10%) vs unpruned.
+        step "prune e2e benchmark" "$PY" benchmarks/prune_e2e.py --size full \
+            --json "$OUT/bench_prune_e2e.json"
+        ;;
     *)
-        echo "unknown step '$s' (versions build tests sanitize bench bench-video bench-e2e pytest-bench)" >&2
+        echo "unknown step '$s' (versions build tests sanitize bench bench-video bench-e2e bench-prune pytest-bench)" >&2
         exit 2
         ;;
     esac

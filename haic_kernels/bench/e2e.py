@@ -127,11 +127,26 @@ def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -
     }  # fmt: skip
 
 
+def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The reference model with seeded random weights, built directly on ``device`` in ``dtype``
+    (the full model in fp32 on the host would need ~50 GB and minutes of copying)."""
+    from ..models.cogvlm2 import CogVLM2ForCausalLM, init_random_weights
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = CogVLM2ForCausalLM(config, attn_impl="sdpa")
+    finally:
+        torch.set_default_dtype(previous)
+    return init_random_weights(model, seed=0).eval()
+
+
 def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, reps: int = 3,
             warmup: int = 1, clip_dir: str | Path | None = None,
             progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark; returns the results document (see `bench.results`)."""
-    from ..models.cogvlm2 import ByteTokenizer, CogVLM2ForCausalLM, get_config, init_random_weights
+    from ..models.cogvlm2 import ByteTokenizer, get_config
     from ..models.cogvlm2.fast_model import FastCogVLM2
     from .env import collect_env
     from .roofline import measure_peaks
@@ -147,8 +162,7 @@ def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, rep
     folder = Path(clip_dir or tempfile.gettempdir()) / "haic_e2e"
     folder.mkdir(parents=True, exist_ok=True)
     clip = make_clip(folder, *spec["clip"])
-    reference = init_random_weights(CogVLM2ForCausalLM(config, attn_impl="sdpa"), seed=0)
-    reference = reference.to(device=device, dtype=dtype).eval()
+    reference = random_reference(config, device, dtype)
     fast = FastCogVLM2.from_reference(reference).eval()
     peaks = measure_peaks(device)
     tokenizer = ByteTokenizer()  # random weights: byte ids are valid in either vocabulary
