@@ -18,6 +18,7 @@ from .config import (
     get_config,
 )
 from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
+from .fast_ragged import pad_prompts
 from .generate import greedy_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
@@ -59,6 +60,7 @@ __all__ = [
     "greedy_generate",
     "init_random_weights",
     "normalize_frames",
+    "pad_prompts",
     "set_attn_impl",
     "stack_prompts",
     "swap_fast_modules",

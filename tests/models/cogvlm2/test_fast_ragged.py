@@ -23,9 +23,9 @@ from haic_kernels.models.cogvlm2 import (
     greedy_generate,
     init_random_weights,
     normalize_frames,
+    pad_prompts,
 )
 from haic_kernels.models.cogvlm2.fast_generate import StaticDecoder
-from haic_kernels.models.cogvlm2.fast_ragged import pad_prompts
 from haic_kernels.testing import assert_parity
 
 HAS_CUDA = torch.cuda.is_available()
@@ -33,8 +33,8 @@ HAS_CUDA = torch.cuda.is_available()
 ROWS = [("what is here?", 2), ("why", 1), ("a much longer question, no frames", 0)]
 
 
-def _model(variant: str, seed: int, **over) -> CogVLM2ForCausalLM:
-    ref = CogVLM2ForCausalLM(get_config("tiny", variant, **over))
+def _model(variant: str, seed: int, size: str = "tiny", **over) -> CogVLM2ForCausalLM:
+    ref = CogVLM2ForCausalLM(get_config(size, variant, **over))
     return init_random_weights(ref, seed % 10_000).eval()
 
 
@@ -187,3 +187,29 @@ def test_ragged_triton_interpreter(seed) -> None:
     out = fast(ids, types, u8, lengths=lens).logits
     for b, (l32, l64, _) in enumerate(want):
         assert_parity(out[b, int(lens[b]) - 1], l32[0], l64[0], what=f"triton row {b}")
+
+
+# ---- GPU -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["video-chat", "image"])
+@torch.no_grad()
+def test_gpu_bf16_ragged_parity_and_graph_decode(seed, variant) -> None:
+    ref = _model(variant, seed, size="small")
+    ref64 = copy.deepcopy(ref).to("cuda", torch.float64)
+    ref = ref.to("cuda", torch.bfloat16)
+    fast = FastCogVLM2.from_reference(ref)
+    prompts, frames = _rows(ref.config, [("what is here?", 3), ("why", 1), ("text only row", 0)])
+    ids, types, lens = (t.cuda() for t in pad_prompts(prompts))
+    u8 = torch.cat(frames).cuda()
+    out = fast(ids, types, u8, lengths=lens).logits
+    for b, (p, f) in enumerate(zip(prompts, frames)):
+        pi, pt = p.input_ids[None].cuda(), p.token_type_ids[None].cuda()
+        img = normalize_frames(f.cuda()) if f.shape[0] else None
+        want = ref(pi, pt, img).logits[0, -1]
+        want64 = ref64(pi, pt, None if img is None else img.double()).logits[0, -1]
+        assert_parity(out[b, int(lens[b]) - 1], want, want64, what=f"bf16 ragged row {b}")
+    eager = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=10, cuda_graph=False)
+    graphed = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=10, cuda_graph=True)
+    assert torch.equal(eager, graphed)
