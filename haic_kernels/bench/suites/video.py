@@ -21,6 +21,7 @@ Backends: "pyav pool" (baseline: one process per CPU core), "dali mixed" (NVDEC,
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
@@ -43,6 +44,12 @@ SHAPES: dict[str, list[tuple[str, str, int, int, int, int, tuple[int, ...], int,
         for w, h in ((854, 480), (1920, 1080))
     ],
 }
+
+
+# Workers are spawned, not forked: by the time a pool starts, this process runs threads (torch's
+# pools, DALI's, the tqdm monitor), and a forked child can inherit one of their locks held and
+# hang forever (seen: the benchmark smoke run stuck in the PyAV pool).
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def _fast_clip(args: tuple[str, str, int, int, int, int]) -> str:
@@ -84,7 +91,7 @@ def make_clips(name: str, codec: str, n: int, w: int, h: int, fps: int, secs: tu
     ]
     if all(os.path.exists(j[0]) for j in jobs):
         return [j[0] for j in jobs]
-    with ProcessPoolExecutor(min(n, os.cpu_count() or 1)) as pool:
+    with ProcessPoolExecutor(min(n, os.cpu_count() or 1), mp_context=_SPAWN) as pool:
         return list(pool.map(_fast_clip, jobs))
 
 
@@ -101,7 +108,7 @@ _pool: ProcessPoolExecutor | None = None
 def _pyav_pool(paths: list[str], frames: int, size: int, device: torch.device):
     global _pool
     if _pool is None:
-        _pool = ProcessPoolExecutor(os.cpu_count() or 1)
+        _pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=_SPAWN)
     outs = _pool.map(_pyav_one, [(p, frames, size) for p in paths])
     return [torch.from_numpy(o).to(device) for o in outs]
 
