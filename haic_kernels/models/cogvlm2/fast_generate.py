@@ -22,6 +22,10 @@ Ragged prompts (`fast_ragged`): the prefill runs packed (varlen); each row's key
 at the start of its cache row (zeros after), ``seqlens[i][b]`` = row b's length, so every step
 writes row b's new token at its own position; without the decode kernel the step attends with
 masked SDPA over the cache (valid prefix of each row).
+With ``prune=`` on ragged rows, or on rows of equal length that keep different counts (the
+dense prefill raises `UnequalKeep` and the batch is rerun), the prefill is
+`fast_ragged_prune.run_pruned_packed` and each layer's cache rows hold each row's KEPT tokens
+(`StaticDecoder.store_packed`; shorter from a TextGuided layer K+1 on).
 
 The host checks for an all-eos batch every `EOS_CHECK_EVERY` steps; the output is truncated to
 exactly what `greedy_generate` returns.
@@ -88,25 +92,34 @@ class StaticDecoder:
         """A sink for a packed prefill (rows of ``lengths``): k, v [1, Hkv, T, Dh] -> per-row
         static cache rows, zero-filled past each row (masked lanes must not hold NaN)."""
         self.ragged = True
-        row = col = None
+        row_col: list = []
 
         def sink(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            nonlocal row, col
-            if row is None:
+            if not row_col:
                 from .fast_ragged import _row_col
 
-                row, col = _row_col(lengths, k.device)
-            size = (len(lengths), max(lengths) + self.max_new, self.hkv, self.d)
-            kc = torch.zeros(size, dtype=k.dtype, device=k.device)
-            vc = torch.zeros(size, dtype=v.dtype, device=v.device)
-            kc[row, col] = k[0].transpose(0, 1)
-            vc[row, col] = v[0].transpose(0, 1)
-            self.keys.append(kc)
-            self.values.append(vc)
-            self.seqlens.append(torch.tensor(lengths, dtype=torch.int32, device=k.device))
-            self.lengths.append(max(lengths))
+                row_col.extend(_row_col(lengths, k.device))
+            self.store_packed(k, v, lengths, *row_col)
 
         return sink
+
+    def store_packed(self, k, v, lengths: list[int], row=None, col=None) -> None:
+        """Append one layer's packed k, v [1, Hkv, T, Dh] (rows of ``lengths``) as per-row
+        static cache rows, zero-filled past each row (masked lanes must not hold NaN)."""
+        from .fast_ragged import _row_col
+
+        self.ragged = True
+        if row is None:
+            row, col = _row_col(lengths, k.device)
+        size = (len(lengths), max(lengths) + self.max_new, self.hkv, self.d)
+        kc = torch.zeros(size, dtype=k.dtype, device=k.device)
+        vc = torch.zeros(size, dtype=v.dtype, device=v.device)
+        kc[row, col] = k[0].transpose(0, 1)
+        vc[row, col] = v[0].transpose(0, 1)
+        self.keys.append(kc)
+        self.values.append(vc)
+        self.seqlens.append(torch.tensor(lengths, dtype=torch.int32, device=k.device))
+        self.lengths.append(max(lengths))
 
     # ---- decode ------------------------------------------------------------------------------
 
@@ -210,19 +223,18 @@ def generate(
     shorter when every sequence produced ``eos_token_id``; finished rows padded with it).
     Ragged prompts: lists of rows or padded [B, S] with ``lengths`` (see `fast_ragged`)."""
     from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
+    from .fast_ragged_prune import UnequalKeep, run_pruned_packed
 
     n_new = _check_max_new(max_new_tokens)
-    packed = None
+    packed = pruned_rows = None
     if is_ragged(input_ids, lengths):
         rows = split_rows(input_ids, token_type_ids, lengths)
         if len({int(r[0].shape[0]) for r in rows}) == 1:  # equal lengths: the dense path
             input_ids = torch.stack([r[0] for r in rows])
             token_type_ids = torch.stack([r[1] for r in rows])
-        elif prune is not None:
-            raise ValueError(
-                f"prune: needs rows of equal length, got lengths "
-                f"{[int(r[0].shape[0]) for r in rows]} (prune ragged rows one at a time)"
-            )
+        elif prune is not None:  # pruned packed (rows keep their own counts)
+            pruned_rows = rows
+            input_ids = rows[0][0].unsqueeze(0)  # for the device only
         else:
             packed = pack_rows(rows, model.config.text.vocab_size)
             input_ids = packed.input_ids.unsqueeze(0)  # for the device only
@@ -233,7 +245,9 @@ def generate(
         cuda_graph = device.type == "cuda"
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got input_ids on {device}")
-    b = input_ids.shape[0] if packed is None else packed.batch_size
+    b = input_ids.shape[0]
+    if packed is not None or pruned_rows is not None:
+        b = packed.batch_size if packed is not None else len(pruned_rows)
     if n_new == 0:
         return torch.empty(b, 0, dtype=torch.long, device=device)
     timed = isinstance(timings, dict)
@@ -244,13 +258,24 @@ def generate(
     if timed:
         _sync(device)
     t0 = time.perf_counter()
-    if packed is None:
-        logits, pos, _, _ = model._run(
-            input_ids, token_type_ids, frames, vision_embeds, None, None, prune,
-            kv_sink=dec.sink, last_only=True,
+    if packed is None and pruned_rows is None:
+        try:
+            logits, pos, _, _ = model._run(
+                input_ids, token_type_ids, frames, vision_embeds, None, None, prune,
+                kv_sink=dec.sink, last_only=True,
+            )  # fmt: skip
+            logits, last = logits[:, -1], pos[:, -1]
+        except UnequalKeep:  # rows keep different counts: rerun them pruned packed
+            pruned_rows = list(zip(input_ids.unbind(0), token_type_ids.unbind(0)))
+            dec = StaticDecoder(model, b, n_new, device, dtype)
+            dec.eos = eos_token_id
+    if pruned_rows is not None:
+        r = run_pruned_packed(
+            model, pruned_rows, frames, vision_embeds, prune, last_only=True,
+            kv_sink=lambda i, k, v, lens: dec.store_packed(k, v, lens),
         )  # fmt: skip
-        logits, last = logits[:, -1], pos[:, -1]
-    else:
+        logits, last = r.logits, r.last_position
+    elif packed is not None:
         logits = run_packed(
             model, packed, frames, vision_embeds,
             kv_sink=dec.sink_packed(packed.lengths), last_only=True,

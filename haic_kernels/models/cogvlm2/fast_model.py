@@ -20,8 +20,8 @@ checkpoint loads into either. ``from_reference`` shares the reference's paramete
 Batches: rows of equal length as [B, S] tensors (as the reference), or ragged rows (lists of
 1-D rows, or right-padded [B, S] with ``lengths=``) packed back to back and run through varlen
 attention (`fast_ragged`); a ragged ``forward`` returns logits padded to the longest row (NaN
-past each row's end) and takes no cache or pruning; ``generate`` continues each row from its own
-length.
+past each row's end) and takes no cache; ``generate`` continues each row from its own
+length. ``prune`` on rows that differ in length or in kept counts: `fast_ragged_prune`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from haic_kernels.pruning import (
 from .config import CogVLM2Config
 from .fast import FastCogVLMDecoderLayer, routing_from_mask
 from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
+from .fast_ragged_prune import UnequalKeep, run_pruned_packed
 from .fast_vision import FastEVA2CLIPModel, FastVisionAttention
 from .language import KVCache, build_position_ids, vision_expert_mask
 from .reference import CausalLMOutput, CogVLM2ForCausalLM
@@ -241,9 +242,9 @@ class FastCogVLM2(nn.Module):
         """Apply one stage's keep (equal kept counts per row) to hidden states, ids, types."""
         counts = res.kept_per_sequence
         if bool((counts != counts[0]).any()):
-            raise ValueError(
-                f"prune: rows keep different numbers of tokens {counts.tolist()}; the fast model "
-                "runs equal-length rows (run rows separately, or use per-frame budgets)"
+            raise UnequalKeep(
+                f"prune: rows keep different numbers of tokens {counts.tolist()}; the dense path "
+                "(use_cache, position_ids) needs equal kept counts"
             )
         b, n = x.shape[0], int(counts[0])
         c = res.compact(x, token_type_ids=types, position_ids=pos, backend=self.backend)
@@ -345,14 +346,17 @@ class FastCogVLM2(nn.Module):
         [B, S] with ``lengths`` int [B] (right padding, every length in [1, S]). Rows of unequal
         lengths are packed (varlen attention); ``logits`` are then [B, max S_b, V], NaN past
         each row's end (row b's last token: ``logits[b, lengths[b] - 1]``), ``.lengths`` holds
-        the lengths; ``position_ids``/``past_key_values`` are refused and ``use_cache``/``prune``
-        need rows of equal length. Rows of equal length run the dense path.
+        the lengths; ``position_ids``/``past_key_values`` are refused and ``use_cache`` needs
+        rows of equal length. Rows of equal length run the dense path.
 
         ``frames``: uint8 [B*F, H, W, 3] (normalized inside patch_embed) or normalized float
         [B*F, 3, H, W]; their tokens fill the vision slots in order. ``past_key_values`` /
         ``use_cache`` use the reference's `KVCache` (so `greedy_generate` drives both models the
         same way). ``prune``: a `haic_kernels.pruning` policy; then ``logits`` cover the kept
         tokens ([B, S_kept, V]) and ``.prune`` holds the `PrunePlan` (its keep masks, scores).
+        Rows that differ in length or keep different counts (e.g. different frame counts with a
+        per-video ratio) are pruned packed (`fast_ragged_prune`): ``logits`` [B, max kept, V],
+        NaN past each row's kept length ``.lengths`` (``use_cache`` then raises).
         """
         if is_ragged(input_ids, lengths):
             return self._forward_ragged(
@@ -366,10 +370,17 @@ class FastCogVLM2(nn.Module):
             keys.append(k)
             values.append(v)
 
-        logits, pos, types, stages = self._run(
-            input_ids, token_type_ids, frames, vision_embeds, position_ids,
-            past_key_values, prune, sink if use_cache else None,
-        )  # fmt: skip
+        try:
+            logits, pos, types, stages = self._run(
+                input_ids, token_type_ids, frames, vision_embeds, position_ids,
+                past_key_values, prune, sink if use_cache else None,
+            )  # fmt: skip
+        except UnequalKeep:
+            if use_cache or position_ids is not None or past_key_values is not None:
+                raise
+            # Rows keep different counts: rerun them packed (varlen), NaN-padded logits.
+            rows = list(zip(input_ids.unbind(0), token_type_ids.unbind(0)))
+            return self._forward_pruned(rows, frames, vision_embeds, prune)
         cache = None
         if use_cache:
             cache = KVCache(keys, values, pos[:, -1].clone(), types[:, -1].clone())
@@ -392,16 +403,27 @@ class FastCogVLM2(nn.Module):
                 torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), frames,
                 vision_embeds=vision_embeds, use_cache=use_cache, prune=prune,
             )  # fmt: skip
-            out.lengths = lens.to(out.logits.device) if prune is None else None
+            if prune is None:  # pruned rows report their kept lengths (or None when equal)
+                out.lengths = lens.to(out.logits.device)
             return out
-        if use_cache or prune is not None:
+        if use_cache:
             raise ValueError(
-                f"use_cache, prune: need rows of equal length, got lengths {lens.tolist()} "
-                "(generate() continues ragged rows; prune them one row at a time)"
+                f"use_cache: needs rows of equal length, got lengths {lens.tolist()} "
+                "(generate() continues ragged rows)"
             )
+        if prune is not None:
+            return self._forward_pruned(rows, frames, vision_embeds, prune)
         p = pack_rows(rows, self.config.text.vocab_size)
         logits = p.unpack(run_packed(self, p, frames, vision_embeds))
         return FastCausalLMOutput(logits=logits, lengths=lens.to(logits.device))
+
+    def _forward_pruned(self, rows, frames, vision_embeds, prune) -> FastCausalLMOutput:
+        """Rows that differ in length or kept counts, pruned packed (`fast_ragged_prune`)."""
+        r = run_pruned_packed(self, rows, frames, vision_embeds, prune)
+        lens = torch.tensor(r.lengths, dtype=torch.long, device=r.logits.device)
+        return FastCausalLMOutput(
+            logits=r.unpack(), prune=PrunePlan(r.stages) if r.stages else None, lengths=lens
+        )
 
     def generate(
         self,
@@ -421,7 +443,8 @@ class FastCogVLM2(nn.Module):
         cache, CUDA-graph decode step on CUDA (``cuda_graph=None``: on for CUDA tensors).
         ``timings`` (a dict) gets "prefill_s", "decode_s", "decode_tokens". Ragged prompts
         (lists of rows, or padded [B, S] with ``lengths``; see ``forward``) are packed for the
-        prefill and each row decodes from its own length (no ``prune`` when lengths differ).
+        prefill and each row decodes from its own length; with ``prune`` each row decodes from
+        its own kept length.
         See `fast_generate.generate`."""
         from .fast_generate import generate
 

@@ -167,10 +167,6 @@ def test_ragged_bad_input(seed) -> None:
         fast(rows_i, rows_t[:1], u8)
     with pytest.raises(ValueError, match="frames"):  # one frame short for the vision slots
         fast(rows_i, rows_t, u8[:-1])
-    with pytest.raises(ValueError, match="prune"):
-        from haic_kernels.pruning import Temporal
-
-        fast.generate(ids, types, u8, lengths=lens, max_new_tokens=2, prune=Temporal(0.5))
 
 
 @pytest.mark.skipif(
