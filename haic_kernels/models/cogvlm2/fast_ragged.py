@@ -32,7 +32,15 @@ from haic_kernels.ops.expert_linear import Routing
 
 from .language import build_position_ids, check_token_types
 
-__all__ = ["Packed", "is_ragged", "pack_rows", "pad_prompts", "run_packed", "split_rows"]
+__all__ = [
+    "Packed",
+    "is_ragged",
+    "pack_rows",
+    "pad_prompts",
+    "run_packed",
+    "split_rows",
+    "unpack_rows",
+]
 
 Row = tuple[torch.Tensor, torch.Tensor]
 
@@ -63,10 +71,15 @@ class Packed:
 
     def unpack(self, x: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
         """Packed [T, ...] -> right-padded [B, max_seqlen, ...] (``fill`` past each row)."""
-        out = x.new_full((self.batch_size, self.max_seqlen, *x.shape[1:]), fill)
-        row, col = _row_col(self.lengths, x.device)
-        out[row, col] = x
-        return out
+        return unpack_rows(x, self.lengths, fill)
+
+
+def unpack_rows(x: torch.Tensor, lengths: list[int], fill: float = float("nan")) -> torch.Tensor:
+    """Packed [T, ...] rows of ``lengths`` -> right-padded [B, max(lengths), ...]."""
+    out = x.new_full((len(lengths), max(lengths), *x.shape[1:]), fill)
+    row, col = _row_col(lengths, x.device)
+    out[row, col] = x
+    return out
 
 
 def _row_col(lengths: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
