@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -314,7 +315,8 @@ def _merge(stage: StageResult, fast, ref, oracle, atol: float | None) -> None:
     f_max, f_mean = _rel((fast.double() - o).abs(), o)
     r_max, _ = _rel((ref.double() - o).abs(), o)
     ratio = rep.fast_max_err / rep.bound
-    stage.shape = tuple(oracle.shape)
+    if stage.shape is None or oracle.numel() > math.prod(stage.shape):
+        stage.shape = tuple(oracle.shape)  # the largest of the prompts
     stage.fast_max_rel = max(stage.fast_max_rel or 0.0, f_max)
     stage.fast_mean_rel = max(stage.fast_mean_rel or 0.0, f_mean)
     stage.ref_max_rel = max(stage.ref_max_rel or 0.0, r_max)
