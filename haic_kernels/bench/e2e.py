@@ -142,26 +142,34 @@ def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.
     return init_random_weights(model, seed=0).eval()
 
 
+def prepare(size: str, sizes: dict[str, dict[str, Any]], device, clip_dir):
+    """(spec, device, video-chat config, clip path) for ``size``: the set-up both end-to-end
+    benchmarks share. ``device`` None means CUDA when there is one."""
+    from ..models.cogvlm2 import get_config
+
+    if size not in sizes:
+        raise ValueError(f"size must be one of {tuple(sizes)}, got {size!r}")
+    spec = sizes[size]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if size == "full" and device.type != "cuda":
+        raise ValueError("size='full' needs a CUDA device")
+    config = get_config(spec["size"], "video-chat", max_frames=spec["frames"])
+    folder = Path(clip_dir or tempfile.gettempdir()) / "haic_e2e"
+    folder.mkdir(parents=True, exist_ok=True)
+    return spec, device, config, make_clip(folder, *spec["clip"])
+
+
 def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, reps: int = 3,
             warmup: int = 1, clip_dir: str | Path | None = None,
             progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark; returns the results document (see `bench.results`)."""
-    from ..models.cogvlm2 import ByteTokenizer, get_config
+    from ..models.cogvlm2 import ByteTokenizer
     from ..models.cogvlm2.fast_model import FastCogVLM2
     from .env import collect_env
     from .roofline import measure_peaks
 
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
-    spec = SIZES[size]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if size == "full" and device.type != "cuda":
-        raise ValueError("size='full' needs a CUDA device")
+    spec, device, config, clip = prepare(size, SIZES, device, clip_dir)
     dtype = spec["dtype"]
-    config = get_config(spec["size"], "video-chat", max_frames=spec["frames"])
-    folder = Path(clip_dir or tempfile.gettempdir()) / "haic_e2e"
-    folder.mkdir(parents=True, exist_ok=True)
-    clip = make_clip(folder, *spec["clip"])
     reference = random_reference(config, device, dtype)
     fast = FastCogVLM2.from_reference(reference).eval()
     peaks = measure_peaks(device)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ import torch
 
 from ..constants import VISION_TOKEN_TYPE
 from .e2e import SIZES as E2E_SIZES
-from .e2e import _row, decode_clip, kv_bytes, lm_weight_bytes, make_clip, random_reference
+from .e2e import _row, decode_clip, kv_bytes, lm_weight_bytes, prepare, random_reference
 from .results import add_speedups, to_document, write_json
 
 SUITE = "prune_e2e"
@@ -200,24 +199,15 @@ def run_prune_e2e(size: str = "tiny", device: str | torch.device | None = None, 
                   policies=POLICIES, keep_ratios=KEEP_RATIOS,
                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark; returns the results document (see `bench.results`)."""
-    from ..models.cogvlm2 import ByteTokenizer, get_config
+    from ..models.cogvlm2 import ByteTokenizer
     from ..models.cogvlm2.fast_model import FastCogVLM2
     from .env import collect_env
     from .roofline import measure_peaks
 
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
-    spec = SIZES[size]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if size == "full" and device.type != "cuda":
-        raise ValueError("size='full' needs a CUDA device")
+    spec, device, config, clip = prepare(size, SIZES, device, clip_dir)
     dtype = spec["dtype"]
-    config = get_config(spec["size"], "video-chat", max_frames=spec["frames"])
     # Layer 2 as the issue asks; the tiny config has 2 LM layers, so K = 0 there.
     cfgs = configs(policies, keep_ratios, min(TEXT_GUIDED_LAYER, config.text.num_layers - 2))
-    folder = Path(clip_dir or tempfile.gettempdir()) / "haic_e2e"
-    folder.mkdir(parents=True, exist_ok=True)
-    clip = make_clip(folder, *spec["clip"])
     model = FastCogVLM2.from_reference(random_reference(config, device, dtype)).eval()
     peaks = measure_peaks(device)
     tokenizer = ByteTokenizer()  # random weights: byte ids are valid in either vocabulary

@@ -17,23 +17,10 @@ from haic_kernels.ops.attention import api, dispatch
 from haic_kernels.ops.attention.api import attention
 from haic_kernels.ops.attention.reference import attention_reference
 from haic_kernels.testing import assert_parity, poison_
+from tests._triton import needs_triton_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
-
-
-def _triton_usable_on_cpu() -> bool:
-    if not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
-needs_triton_cpu = pytest.mark.skipif(
-    HAS_CUDA or not _triton_usable_on_cpu(),
-    reason="CPU Triton tests need the interpreter (no CUDA device, TRITON_INTERPRET=1)",
-)
 
 
 def _poison_outputs(monkeypatch: pytest.MonkeyPatch) -> None:

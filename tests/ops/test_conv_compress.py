@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from haic_kernels import backends
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.ops import _weight_cache
 from haic_kernels.ops.conv_compress import api
@@ -21,6 +20,7 @@ from haic_kernels.ops.conv_compress.api import conv_compress
 from haic_kernels.ops.conv_compress.reference import conv_compress_reference
 from haic_kernels.testing import assert_parity, poison_
 from tests._emulation import run_emulation
+from tests._triton import needs_triton_cpu, triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_reference_matches_model_conv(seed):
     x = torch.randn(n, 1 + g * g, c)
     with torch.no_grad():
         want = conv(x[:, 1:].reshape(n, g, g, c).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-        for backend in ["torch", *(["triton"] if _triton_cpu() else [])]:
+        for backend in ["torch", *(["triton"] if triton_on_cpu() else [])]:
             got = conv_compress(x, conv.weight, conv.bias, grid=g, backend=backend)
             torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
@@ -88,18 +88,6 @@ def test_reference_matches_model_conv(seed):
 # ---- Triton (interpreter on CPU) vs the parity rule --------------------------------------------
 
 
-def _triton_cpu() -> bool:
-    if HAS_CUDA or not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
-needs_triton_cpu = pytest.mark.skipif(
-    not _triton_cpu(),
-    reason="CPU Triton tests need the interpreter (no CUDA device, TRITON_INTERPRET=1)",
-)
 DTYPES = [torch.float32, torch.float16]
 DTYPE_IDS = ["fp32", "fp16"]
 
@@ -220,7 +208,7 @@ def test_cuda_backend_refuses_cpu_tensor():
 def test_opcheck(seed):
     x, w, b = _inputs(3, 4, 16, 8, True, torch.float32)
     cases = [(x, w, b, 4, "torch"), (x[:, 1:], w, None, 4, "torch"), (x[::2], w, b, 4, "torch")]
-    if _triton_cpu():
+    if triton_on_cpu():
         cases.append((x, w, b, 4, "triton"))
     for args in cases:
         torch.library.opcheck(torch.ops.haic_kernels.conv_compress.default, args)

@@ -13,22 +13,9 @@ from haic_kernels import backends
 from haic_kernels.models.cogvlm2.language import vision_expert_mask
 from haic_kernels.ops.expert_linear import Routing, api, expert_linear
 from haic_kernels.testing import assert_parity, poison_
+from tests._triton import needs_triton_cpu, triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
-
-
-def _triton_usable_on_cpu() -> bool:
-    if not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
-needs_triton_cpu = pytest.mark.skipif(
-    HAS_CUDA or not _triton_usable_on_cpu(),
-    reason="CPU Triton tests need the interpreter (no CUDA device, TRITON_INTERPRET=1)",
-)
 
 
 def _oracle(x, weights, biases, ids):
@@ -171,7 +158,7 @@ def _oracle_same_dtype(x, ws, bs, r):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("t", "k", "n"), SHAPES, ids=SHAPE_IDS)
 def test_parity_two_experts(seed, monkeypatch, backend, dtype, t, k, n):
-    if backend == "triton" and not _triton_usable_on_cpu():
+    if backend == "triton" and not triton_on_cpu():
         pytest.skip("needs the Triton interpreter")
     _poison_outputs(monkeypatch)
     tt = (torch.rand(1, t) < 0.7).long()

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from haic_kernels import backends
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
 from haic_kernels.ops import _weight_cache
@@ -19,6 +18,7 @@ from haic_kernels.ops.patch_embed import api
 from haic_kernels.ops.patch_embed.api import patch_embed
 from haic_kernels.ops.patch_embed.reference import patch_embed_reference
 from haic_kernels.testing import assert_parity, poison_
+from tests._triton import needs_triton_cpu, triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 P = 14
@@ -102,7 +102,7 @@ def test_reference_matches_model_patch_embedding(seed):
         module.position_embedding.weight.normal_()
         frames = _frames(3, 28, 28)
         want = module(normalize_frames(frames))
-        for backend in ["torch", *(["triton"] if _triton_cpu() else [])]:
+        for backend in ["torch", *(["triton"] if triton_on_cpu() else [])]:
             got = patch_embed(
                 frames,
                 module.proj.weight,
@@ -117,18 +117,6 @@ def test_reference_matches_model_patch_embedding(seed):
 # ---- Triton (interpreter on CPU) vs the parity rule --------------------------------------------
 
 
-def _triton_cpu() -> bool:
-    if HAS_CUDA or not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
-needs_triton_cpu = pytest.mark.skipif(
-    not _triton_cpu(),
-    reason="CPU Triton tests need the interpreter (no CUDA device, TRITON_INTERPRET=1)",
-)
 DTYPES = [torch.float32, torch.float16]
 DTYPE_IDS = ["fp32", "fp16"]
 
@@ -333,7 +321,7 @@ def test_opcheck(seed):
         (frames[:, :, :28], w, None, cls.reshape(-1), pos[:5], m, s, "torch"),
         (torch.randn(2, 3, 28, 42), w, b, cls.reshape(-1), pos, m, s, "torch"),
     ]
-    if _triton_cpu():
+    if triton_on_cpu():
         cases.append((frames, w, b, cls.reshape(-1), pos, m, s, "triton"))
     for args in cases:
         torch.library.opcheck(torch.ops.haic_kernels.patch_embed.default, args)

@@ -17,6 +17,7 @@ from haic_kernels.ops.patchify import api
 from haic_kernels.ops.patchify.api import patchify
 from haic_kernels.ops.patchify.reference import patchify_reference
 from haic_kernels.testing import assert_parity, poison_
+from tests._triton import needs_triton_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -124,20 +125,6 @@ def _check_parity(fast, frames, p, k_pad, dtype, what):
     assert fast.shape == oracle.shape and fast.dtype == dtype
     assert_parity(fast, same, oracle, what=what)
     assert torch.equal(fast[..., 3 * p * p :].cpu(), torch.zeros_like(fast[..., 3 * p * p :].cpu()))
-
-
-def _triton_usable_on_cpu() -> bool:
-    if not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
-needs_triton_cpu = pytest.mark.skipif(
-    HAS_CUDA or not _triton_usable_on_cpu(),
-    reason="CPU Triton tests need the interpreter (no CUDA device, TRITON_INTERPRET=1)",
-)
 
 
 @needs_triton_cpu

@@ -6,25 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haic_kernels import backends
 from haic_kernels.models.cogvlm2.language import RotaryEmbedding, apply_rotary
 from haic_kernels.ops.rope import api, apply_rope, rope_qkv
 from haic_kernels.testing import assert_parity, poison_
+from tests._triton import triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 THETA = 500000.0
 
 
-def _triton_ok() -> bool:
-    if HAS_CUDA or not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
-
-
 def _backends():
-    return ["torch", "triton"] if (_triton_ok() or HAS_CUDA) else ["torch"]
+    return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
 
 
 def _poison_outputs(monkeypatch):

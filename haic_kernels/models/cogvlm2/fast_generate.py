@@ -38,6 +38,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .generate import check_max_new_tokens
+
 __all__ = ["EOS_CHECK_EVERY", "StaticDecoder", "generate"]
 
 # A host read of "all finished" stalls the CPU until the GPU catches up; every 8 tokens it costs
@@ -198,12 +200,6 @@ class StaticDecoder:
         self.step_idx.add_(1)
 
 
-def _check_max_new(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {n!r}")
-    return n
-
-
 @torch.inference_mode()
 def generate(
     model,
@@ -225,7 +221,7 @@ def generate(
     from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
     from .fast_ragged_prune import UnequalKeep, run_pruned_packed
 
-    n_new = _check_max_new(max_new_tokens)
+    n_new = check_max_new_tokens(max_new_tokens)
     packed = pruned_rows = None
     if is_ragged(input_ids, lengths):
         rows = split_rows(input_ids, token_type_ids, lengths)

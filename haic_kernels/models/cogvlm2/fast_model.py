@@ -49,7 +49,7 @@ from .fast_ragged import is_ragged, pack_rows, run_packed, split_rows
 from .fast_ragged_prune import UnequalKeep, run_pruned_packed
 from .fast_vision import FastEVA2CLIPModel, FastVisionAttention
 from .language import KVCache, build_position_ids, vision_expert_mask
-from .reference import CausalLMOutput, CogVLM2ForCausalLM
+from .reference import CausalLMOutput, CogVLM2ForCausalLM, vision_embed_rows
 
 __all__ = ["FastCausalLMOutput", "FastCogVLM2", "swap_fast_modules"]
 
@@ -215,18 +215,7 @@ class FastCogVLM2(nn.Module):
                 "vision_embeds"
             )
         if vision_embeds is not None:
-            if vision_embeds.shape[-1] != dt or vision_embeds.dim() not in (2, 3):
-                raise ValueError(
-                    f"vision_embeds must be [N, tokens, {dt}] or [num_vision_tokens, {dt}], "
-                    f"got {tuple(vision_embeds.shape)}"
-                )
-            rows = vision_embeds.reshape(-1, dt)
-            if rows.shape[0] != num_slots:
-                raise ValueError(
-                    f"vision_embeds holds {rows.shape[0]} vision tokens but token_type_ids has "
-                    f"{num_slots} vision slots"
-                )
-            return (rows if num_slots else None), None
+            return vision_embed_rows(vision_embeds, dt, num_slots), None
         if num_slots:
             raise ValueError(
                 f"token_type_ids has {num_slots} vision slots but neither frames nor "

@@ -14,6 +14,13 @@ import torch
 from ...constants import LANGUAGE_TOKEN_TYPE
 
 
+def check_max_new_tokens(n: object) -> int:
+    """``n`` must be an int >= 0 (bools refused); returns it."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {n!r}")
+    return n
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: torch.nn.Module,
@@ -33,12 +40,7 @@ def greedy_generate(
     check that the cache changes nothing. Stops early once every sequence has produced
     ``eos_token_id``; sequences that finished earlier are padded with it.
     """
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 0
-    ):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, S], got {tuple(input_ids.shape)}")
     if token_type_ids.shape != input_ids.shape:

@@ -67,6 +67,25 @@ __all__ = [
 ]
 
 
+def vision_embed_rows(
+    vision_embeds: torch.Tensor, hidden: int, num_slots: int
+) -> torch.Tensor | None:
+    """``vision_embeds`` ([N, tokens, hidden] or [num_vision_tokens, hidden]) as the rows that
+    fill ``num_slots`` vision positions (None when there are none); ValueError on a mismatch."""
+    if vision_embeds.shape[-1] != hidden or vision_embeds.dim() not in (2, 3):
+        raise ValueError(
+            f"vision_embeds must be [N, tokens, {hidden}] or [num_vision_tokens, {hidden}], "
+            f"got {tuple(vision_embeds.shape)}"
+        )
+    rows = vision_embeds.reshape(-1, hidden)
+    if rows.shape[0] != num_slots:
+        raise ValueError(
+            f"vision_embeds holds {rows.shape[0]} vision tokens but token_type_ids has "
+            f"{num_slots} vision slots"
+        )
+    return rows if num_slots else None
+
+
 @dataclass
 class CausalLMOutput:
     """``logits`` [B, S, V] (float32, as the release returns them); ``past_key_values`` is the
@@ -212,18 +231,7 @@ class CogVLM2ForCausalLM(nn.Module):
                 )
             return self.encode_frames(images).reshape(-1, dt) if num_slots else None
         if vision_embeds is not None:
-            if vision_embeds.shape[-1] != dt or vision_embeds.dim() not in (2, 3):
-                raise ValueError(
-                    f"vision_embeds must be [N, tokens, {dt}] or [num_vision_tokens, {dt}], "
-                    f"got {tuple(vision_embeds.shape)}"
-                )
-            rows = vision_embeds.reshape(-1, dt)
-            if rows.shape[0] != num_slots:
-                raise ValueError(
-                    f"vision_embeds holds {rows.shape[0]} vision tokens but token_type_ids has "
-                    f"{num_slots} vision slots"
-                )
-            return rows if num_slots else None
+            return vision_embed_rows(vision_embeds, dt, num_slots)
         if num_slots:
             raise ValueError(
                 f"token_type_ids has {num_slots} vision slots but neither images nor "

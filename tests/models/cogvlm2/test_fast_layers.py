@@ -13,7 +13,6 @@ import copy
 import pytest
 import torch
 
-from haic_kernels import backends
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.models.cogvlm2 import language as L
 from haic_kernels.models.cogvlm2.config import get_config
@@ -25,17 +24,10 @@ from haic_kernels.models.cogvlm2.fast import (
 )
 from haic_kernels.ops.expert_linear import Routing
 from haic_kernels.testing import assert_parity
+from tests._triton import triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
 VARIANTS = ["image", "video-chat"]
-
-
-def _triton_cpu() -> bool:
-    if HAS_CUDA or not backends.triton().usable:
-        return False
-    from haic_kernels.ops._common import interpreting
-
-    return interpreting()
 
 
 def _layer(variant: str, device: str = "cpu") -> tuple[L.CogVLMDecoderLayer, object]:
@@ -125,7 +117,7 @@ def _chunks(b: int = 2) -> list[torch.Tensor]:
 
 
 def _expert_backends() -> list[str]:
-    return ["torch", "triton"] if _triton_cpu() else ["torch"]
+    return ["torch", "triton"] if triton_on_cpu() else ["torch"]
 
 
 @pytest.mark.parametrize("backend", _expert_backends())
