@@ -190,9 +190,10 @@ def preprocess_frames(
         # NumPy on the CPU: the same IEEE float32 operations as torch's, without waking torch's
         # intra-op thread pool for each small op (3-30x slower per frame when the decoder's
         # threads run alongside, measured on 2 cores).
-        flat = frames.numpy().reshape(n, h * w, 3)
-        corners = np.take(flat, idx, axis=1).astype(np.float32)  # [N, 4 * S * S, 3]
-        out = _bilinear(corners, (wa, wb, ha, hb), mean, std, release)
+        flat = frames.numpy().reshape(n * h * w, 3)
+        offsets = (np.arange(n, dtype=np.int64) * (h * w))[:, None] + idx[None, :]
+        corners = np.take(flat, offsets.reshape(-1), axis=0).astype(np.float32)
+        out = _bilinear(corners.reshape(n, -1, 3), (wa, wb, ha, hb), mean, std, release)
         if not release:
             out = np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
         out = torch.from_numpy(out).view(n, size, size, 3)
