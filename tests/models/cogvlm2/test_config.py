@@ -109,7 +109,7 @@ def test_validation_messages() -> None:
     with pytest.raises(ValueError, match="even"):
         get_config(vision={"image_size": 98})  # 7x7 grid
     with pytest.raises(ValueError, match="template"):
-        get_config(template="vqa")
+        get_config(template="chat_old")  # CogVLM1's, not a CogVLM2 template
     with pytest.raises(ValueError, match="pad_token_id"):
         get_config(pad_token_id=384)
     with pytest.raises(ValueError, match="num_layers"):
