@@ -195,8 +195,9 @@ def config_from_hf(
     the ``"haic_kernels"`` extension holds our own field. Derived: ``head_dim`` = hidden_size /
     num_attention_heads; ``adapter_intermediate_size`` = ``intermediate_size`` (the release's
     adapter GLU reuses it); ``context_length`` = 8192 for release files whose
-    max_position_embeddings is smaller (the release bounds no position). ``eos_token_id`` may be an int or a list; the ids of
-    ``generation_config`` (the dict of generation_config.json) are added after them.
+    max_position_embeddings is smaller (the release bounds no position). ``eos_token_id`` may
+    be an int or a list; the ids of ``generation_config`` (the dict of generation_config.json)
+    are added after them.
     ``vision_expert`` (inferred): the extension, else visual-expert names in ``weight_names``
     (`infer_vision_expert`), else the ``architectures`` name.
 

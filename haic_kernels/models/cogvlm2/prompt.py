@@ -85,7 +85,8 @@ def build_prompt(
 
     ``template``: "chat" | "base" | "vqa"; None takes ``config.template`` (pick it with
     `templates.resolve_template`, as the demos do). ``history``: earlier (query, response) turns.
-    The image model (``config.vision_expert``) takes 0 or 1 image. ``tokenizer`` is anything with
+    The image release takes 0 or 1 image (more are laid out back to back, without indices: no
+    release does that, the tests of the expert routing do). ``tokenizer`` is anything with
     ``encode(str) -> list[int]`` (a Hugging Face tokenizer is called with
     ``add_special_tokens=False``). bos and the frame placeholder come from ``config``
     (``bos_token_id``, ``pad_token_id``), not from the tokenizer.
@@ -94,10 +95,10 @@ def build_prompt(
     text = prompt_text(template, query, history)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int):
         raise ValueError(f"num_frames must be an int, got {num_frames!r}")
-    most = 1 if config.vision_expert else config.max_frames
-    if not 0 <= num_frames <= most:
-        what = "the image model takes one image" if config.vision_expert else "max_frames"
-        raise ValueError(f"num_frames must be in [0, {most}] ({what}), got {num_frames}")
+    if not 0 <= num_frames <= config.max_frames:
+        raise ValueError(
+            f"num_frames must be in [0, max_frames={config.max_frames}], got {num_frames}"
+        )
     tpf = config.tokens_per_frame
     time_indices = template == "chat" and not config.vision_expert
     ids: list[int] = [config.bos_token_id]
