@@ -136,10 +136,13 @@ def check_float_dtype(dtype: object, name: str = "dtype") -> torch.dtype | None:
     return dtype
 
 
-def resolve_checkpoint(path_or_repo_id: str | os.PathLike[str]) -> Path:
+def resolve_checkpoint(
+    path_or_repo_id: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
     """A local checkpoint directory for a path, or for a Hugging Face repo id (``owner/name``)
     found in the local HF cache only (``huggingface_hub``, ``local_files_only=True``: nothing is
-    downloaded). An existing path always wins over a repo id of the same spelling.
+    downloaded; ``cache_dir`` default: the HF cache, ``HF_HUB_CACHE``). An existing path always
+    wins over a repo id of the same spelling.
 
     Raises `CheckpointNotFoundError` naming the path or repo id when neither exists (with how to
     download it), ImportError when a repo id is given and huggingface_hub is not installed.
@@ -159,7 +162,7 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike[str]) -> Path:
             "needs huggingface_hub (pip install 'haic_kernels[hub]'), or pass a local directory"
         ) from e
     try:
-        return Path(snapshot_download(text, local_files_only=True))
+        return Path(snapshot_download(text, local_files_only=True, cache_dir=cache_dir))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
         raise CheckpointNotFoundError(
             f"{text!r} is neither a local directory nor a repo id in the local Hugging Face cache "

@@ -270,8 +270,8 @@ def config_from_hf(
             more = _eos_ids(generation_config["eos_token_id"], "eos_token_id", gen_source)
             eos += tuple(i for i in more if i not in eos)
     fields["eos_token_ids"] = eos
-    variant = "image" if ext["vision_expert"] else f"video-{fields['template']}"
-    ext.setdefault("name", f"cogvlm2-{variant}-hf")
+    # Not named after template_version: the chat releases' files say "base" (see templates.py).
+    ext.setdefault("name", "cogvlm2-image-hf" if ext["vision_expert"] else "cogvlm2-video-hf")
     ext.setdefault("adapter_intermediate_size", text.intermediate_size)
     known = {f.name for f in dataclasses.fields(CogVLM2Config)}
     fields.update({f: _from_json(v) for f, v in ext.items() if f in known})
