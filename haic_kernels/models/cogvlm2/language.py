@@ -165,6 +165,15 @@ class RMSNorm(nn.Module):
         return (self.weight.to(torch.float32) * h).to(x.dtype)
 
 
+def rope_inv_freq(
+    head_dim: int, theta: float, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """``1 / theta ** (arange(0, Dh, 2) / Dh)`` [Dh/2], each step in ``dtype``: the release's
+    buffer, built by HF under ``torch_dtype`` (in fp16 the large powers overflow: 0 there)."""
+    exponents = torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim
+    return 1.0 / (theta**exponents)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE with frequencies ``theta ** (-2i / Dh)``; rotate-half pairing unless ``interleaved``.
 
@@ -187,8 +196,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
 
     def _inv_freq(self, device: torch.device | None, dtype: torch.dtype = torch.float32):
-        exponents = torch.arange(0, self.head_dim, 2, device=device).to(dtype) / self.head_dim
-        return 1.0 / (self.theta**exponents)
+        return rope_inv_freq(self.head_dim, self.theta, dtype, device)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # model.to(bfloat16) would round inv_freq; rebuild it in fp32 wherever it now lives.

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -472,7 +473,28 @@ def load_pretrained(
         if not (index.path / CONFIG_NAME).is_file():
             raise CheckpointNotFoundError(f"no {CONFIG_NAME} in {index.path}; pass config=...")
         config = read_config_dir(index.path, weight_names=index.tensors)
+    _check_stored_inv_freq(index, config, dtype)
     with parameters_on_meta():
         model = CogVLM2ForCausalLM(config)
     load_checkpoint(model, index, strict=True, dtype=dtype, device=device)
     return model.to(device).eval()
+
+
+def _check_stored_inv_freq(index: CheckpointIndex, config: CogVLM2Config, dtype) -> None:
+    # HF loads a stored ``rotary_emb.inv_freq`` (the released video index lists one per layer)
+    # over the one it builds; haic always builds it from rope_theta. Say when they differ.
+    from .language import rope_inv_freq
+
+    name = next((n for n in index.tensors if n.endswith(".rotary_emb.inv_freq")), None)
+    if name is None or config.text.rope_precision != "release":
+        return
+    (_, stored), *_ = _read_file(index.path / index.tensors[name].file, [name], None, "cpu")
+    run_dtype = dtype or stored.dtype
+    ours = rope_inv_freq(config.text.head_dim, config.text.rope_theta, run_dtype)
+    if stored.shape != ours.shape or not torch.equal(stored.to(run_dtype), ours):
+        warnings.warn(
+            f"{index.path}: the stored {name} ({stored.dtype}) differs from the inv_freq haic "
+            f"builds from rope_theta in {run_dtype}; the release uses the stored one, so bf16 "
+            "RoPE angles (and tokens) may differ from the release's",
+            stacklevel=3,
+        )

@@ -5,6 +5,7 @@ device or dtype; and a checkpoint found by repo id in the local HF cache."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -83,3 +84,21 @@ def test_load_by_repo_id_from_the_local_cache(ckpt, tmp_path, monkeypatch):
     assert torch.equal(got.lm_head.weight, model.lm_head.weight)
     with pytest.raises(W.CheckpointNotFoundError, match="'someone/absent' is neither"):
         W.load_pretrained("someone/absent")
+
+
+def test_stored_inv_freq_is_compared_with_the_release_one(ckpt, tmp_path):
+    from haic_kernels.models.cogvlm2.language import rope_inv_freq
+
+    d = _copy(ckpt[0], tmp_path)
+    t = ckpt[1].text
+    sd = load_file(d / "model.safetensors")
+    name = "model.layers.0.self_attn.rotary_emb.inv_freq"
+    sd[name] = rope_inv_freq(t.head_dim, t.rope_theta, torch.bfloat16)  # as HF builds it in bf16
+    save_file(sd, d / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        W.load_pretrained(d, dtype=torch.bfloat16)
+    sd[name] = rope_inv_freq(t.head_dim, t.rope_theta, torch.float32)  # fp32, rounded at load
+    save_file(sd, d / "model.safetensors")
+    with pytest.warns(UserWarning, match="differs from the inv_freq haic builds"):
+        W.load_pretrained(d, dtype=torch.bfloat16)
