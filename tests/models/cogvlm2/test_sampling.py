@@ -225,3 +225,19 @@ def test_generation_arguments():
         check_context(cfg, 120, 8100)
     with pytest.raises(ValueError, match="max_new_tokens"):
         check_context(cfg, 0, -1)
+
+
+def test_generation_runs_past_max_position_embeddings_within_the_context(tiny):
+    """The release never bounds positions by max_position_embeddings (the video configs say 2048
+    and the demos ask for 2048 new tokens): the reference stops at context_length instead."""
+    import dataclasses
+
+    model, ids, types_ = tiny
+    short = dataclasses.replace(model.config.text, max_position_embeddings=12, context_length=40)
+    cfg = dataclasses.replace(model.config, text=short)
+    again = CogVLM2ForCausalLM(cfg)
+    again.load_state_dict(model.state_dict())
+    out = generate(again.eval(), ids, types_, max_new_tokens=6)  # positions 11..16 > 12
+    assert torch.equal(out, generate(model, ids, types_, max_new_tokens=6))
+    with pytest.raises(ValueError, match="40 positions"):
+        generate(again, ids, types_, max_new_tokens=40)
