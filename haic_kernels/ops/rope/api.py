@@ -16,17 +16,25 @@ CHOICES = ("torch", "triton")
 BACKENDS = ("auto", *CHOICES)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT_DTYPES = (torch.int32, torch.int64)
+PRECISIONS = ("fp32", "release")
 
-_inv_freq_cache: dict[tuple[float, int, torch.device], torch.Tensor] = {}
+_inv_freq_cache: dict[tuple[float, int, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def inv_freq(theta: float, head_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """fp32 ``[D/2]``: ``1 / theta ** (arange(0, D, 2) / D)``, computed as the model's rotary
-    module computes it (so the angles agree bit for bit). Cached per (theta, D, device)."""
-    key = (float(theta), int(head_dim), torch.device(device))
+def inv_freq(
+    theta: float,
+    head_dim: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """fp32 ``[D/2]``: ``1 / theta ** (arange(0, D, 2) / D)`` computed in ``dtype`` (each step
+    rounded to it, as the release's buffer is built in a bf16 model), returned as fp32 values.
+    Computed as the model's rotary module computes it, so the angles agree bit for bit. Cached
+    per (theta, D, device, dtype)."""
+    key = (float(theta), int(head_dim), torch.device(device), dtype)
     if key not in _inv_freq_cache:
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
-        _inv_freq_cache[key] = 1.0 / (float(theta) ** (exponents / head_dim))
+        exponents = torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim
+        _inv_freq_cache[key] = (1.0 / (float(theta) ** exponents)).float()
     return _inv_freq_cache[key]
 
 
@@ -38,6 +46,7 @@ def rope_qkv(
     num_kv_heads: int,
     theta: float = 500000.0,
     interleaved: bool = False,
+    rope_precision: str = "fp32",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused QKV projection, rotate q and k, copy v: one pass over the data.
@@ -50,6 +59,10 @@ def rope_qkv(
         num_heads, num_kv_heads: Hq and Hkv; D = W / (Hq + 2 Hkv) must be even.
         theta: RoPE base (500000 for Llama-3 / CogVLM2).
         interleaved: pairs ``(2i, 2i+1)`` instead of rotate-half ``(i, i + D/2)``.
+        rope_precision: ``"fp32"``: the angles below in fp32; ``"release"``: as the CogVLM2
+            release computes them in a model of qkv's dtype - ``pos``, ``f_i`` (built in that
+            dtype, see `inv_freq`) and ``pos * f_i`` rounded to it (the same as fp32 for fp32
+            input). ``TextConfig.rope_precision`` says which a model uses.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (``auto``: Triton for CUDA tensors where
             verified, else PyTorch).
 
@@ -74,7 +87,7 @@ def rope_qkv(
         )
     d = width // (hq + 2 * hkv)
     outs = _run(qkv, position_ids, theta, [hq, hkv, hkv], [True, True, False], d, interleaved,
-                backend)  # fmt: skip
+                rope_precision, backend)  # fmt: skip
     lead = qkv.shape[:-1]
     q, k, v = (o.view(*lead, o.shape[1], d) for o in outs)
     return q, k, v
@@ -86,6 +99,7 @@ def apply_rope(
     *,
     theta: float = 500000.0,
     interleaved: bool = False,
+    rope_precision: str = "fp32",
     backend: str = "auto",
 ) -> torch.Tensor:
     """Rotary embedding of one tensor, out of place: ``x [T, H, D]`` or ``[B, S, H, D]``
@@ -96,7 +110,7 @@ def apply_rope(
     check_tensor("x", x, dims=(3, 4), dtypes=DTYPES, shape_hint="[T, H, D] or [B, S, H, D]")
     h, d = x.shape[-2], x.shape[-1]
     flat = x.reshape(*x.shape[:-2], h * d)
-    (out,) = _run(flat, position_ids, theta, [h], [True], d, interleaved, backend)
+    (out,) = _run(flat, position_ids, theta, [h], [True], d, interleaved, rope_precision, backend)
     return out.view(x.shape)
 
 
@@ -108,6 +122,7 @@ def _run(
     rotate: list[bool],
     d: int,
     interleaved: bool,
+    rope_precision: str,
     backend: str,
 ) -> list[torch.Tensor]:
     if d % 2 or d == 0:
@@ -116,6 +131,8 @@ def _run(
         raise ValueError(f"theta: expected a positive number, got {theta!r}")
     if not isinstance(interleaved, bool):
         raise TypeError(f"interleaved: expected a bool, got {interleaved!r}")
+    if rope_precision not in PRECISIONS:
+        raise ValueError(f"rope_precision: expected one of {PRECISIONS}, got {rope_precision!r}")
     check_tensor("position_ids", position_ids, dtypes=_INT_DTYPES)
     lead = tuple(x.shape[:-1])
     if tuple(position_ids.shape) != lead:
@@ -131,8 +148,10 @@ def _run(
         x2 = x2.contiguous()
     pos = position_ids.reshape(-1).contiguous()
     chosen = resolve_backend("rope", backend, x.device, choices=CHOICES, auto_order=("triton",))
-    freqs = inv_freq(theta, d, x.device)
-    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, chosen)
+    # In fp32 the release's rounding is the identity: one kernel variant less to run.
+    release = rope_precision == "release" and x.dtype != torch.float32
+    freqs = inv_freq(theta, d, x.device, x.dtype if release else torch.float32)
+    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, release, chosen)
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -148,24 +167,26 @@ def _rope_op(
     heads: list[int],
     rotate: list[bool],
     interleaved: bool,
+    release: bool,
     backend: str,
 ) -> list[torch.Tensor]:
-    """The op behind `rope_qkv` / `apply_rope`: x [T, sum(heads) * D] -> [T, h, D] per group."""
+    """The op behind `rope_qkv` / `apply_rope`: x [T, sum(heads) * D] -> [T, h, D] per group.
+    ``release``: round positions and angles to x's dtype (``rope_precision="release"``)."""
     if backend == "torch":
         from haic_kernels.ops.rope.reference import rope_reference
 
-        return rope_reference(x, position_ids, inv_freq, heads, rotate, interleaved)
+        return rope_reference(x, position_ids, inv_freq, heads, rotate, interleaved, release)
     if backend == "triton":
         from haic_kernels.ops.rope.triton import rope_triton
 
         d = 2 * inv_freq.shape[0]
         outs = [_new_output((x.shape[0], h, d), x.dtype, x.device) for h in heads]
-        rope_triton(x, position_ids, inv_freq, outs, rotate, interleaved)
+        rope_triton(x, position_ids, inv_freq, outs, rotate, interleaved, release)
         return outs
     raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
 
 
 @_rope_op.register_fake
-def _rope_fake(x, position_ids, inv_freq, heads, rotate, interleaved, backend):
+def _rope_fake(x, position_ids, inv_freq, heads, rotate, interleaved, release, backend):
     d = 2 * inv_freq.shape[0]
     return [x.new_empty((x.shape[0], h, d)) for h in heads]
