@@ -1,8 +1,8 @@
 """CogVLM2(-Video): configuration, the plain-PyTorch reference model, prompts and decoding.
 
-``reference`` is the oracle (stock torch modules, original checkpoint names); ``weights``
-reads and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by
-the reference and the fast model.
+``reference`` is the oracle (stock torch modules, original checkpoint names); ``fast`` runs the
+same model through haic_kernels ops (`FastCogVLM2`, the same stage methods); ``weights`` reads
+and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by both.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from .config import (
     count_parameters,
     get_config,
 )
-from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
-from .fast_ragged import pad_prompts
+from .fast import FastCausalLMOutput, FastCogVLM2, TokenBatch, pad_prompts
 from .generate import greedy_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
@@ -29,6 +28,7 @@ from .reference import (
     EVA2CLIPModel,
     KVCache,
     build_position_ids,
+    check_frames,
     init_random_weights,
     normalize_frames,
     set_attn_impl,
@@ -52,9 +52,11 @@ __all__ = [
     "KVCache",
     "PromptInputs",
     "TextConfig",
+    "TokenBatch",
     "VisionConfig",
     "build_position_ids",
     "build_prompt",
+    "check_frames",
     "count_parameters",
     "get_config",
     "greedy_generate",
@@ -63,6 +65,5 @@ __all__ = [
     "pad_prompts",
     "set_attn_impl",
     "stack_prompts",
-    "swap_fast_modules",
     "vision_expert_mask",
 ]

@@ -1,0 +1,50 @@
+"""`StaticKVCache`: preallocated per-layer key/value buffers that a decode loop (and its CUDA
+graph) writes into in place.
+
+Layer i holds ``k, v [B, T_i + max_new_tokens, Hkv, Dh]``: row b's prompt keys (after RoPE) at
+``[:T_ib]``, its new tokens after them, ``seqlens[i][b]`` its valid length (T_i: that layer's
+longest row, shorter from a text-guided layer K+1 on). The prefill stores each layer as it is
+computed (`store`), so the packed prompt keys never exist for all layers at once. Buffers are
+kept across prompts of the same shape and reused in place (``same_shape`` says whether every
+layer was), so a CUDA graph captured on them stays valid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import TokenBatch
+from .layers import LayerCache
+
+__all__ = ["StaticKVCache"]
+
+
+class StaticKVCache:
+    """Static per-layer buffers (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.layers: list[LayerCache] = []
+        self.new_tokens = 0
+        self.same_shape = False
+
+    def begin(self, new_tokens: int) -> None:
+        """Start a prompt that decodes up to ``new_tokens`` tokens."""
+        self.new_tokens, self.same_shape = new_tokens, True
+
+    def store(self, i: int, k: torch.Tensor, v: torch.Tensor, batch: TokenBatch) -> None:
+        """Layer i's prompt keys/values, packed [T, Hkv, Dh] in ``batch``'s rows."""
+        size = (batch.batch_size, batch.max_seqlen + self.new_tokens, *k.shape[1:])
+        old = self.layers[i] if i < len(self.layers) else None
+        if old is not None and old.k.shape == size and (old.k.dtype, old.k.device) == (
+            k.dtype, k.device,
+        ):  # fmt: skip
+            layer = old  # stale finite values past each row stay masked
+        else:
+            # Zeros, not empty: masked lanes of the SDPA fallback must not hold NaN.
+            lens = torch.empty(size[0], dtype=torch.int32, device=k.device)
+            layer = LayerCache(k.new_zeros(size), v.new_zeros(size), lens)
+            self.same_shape = False
+            self.layers[i:i + 1] = [layer]  # fmt: skip
+        layer.k[batch.row_col] = k
+        layer.v[batch.row_col] = v
+        layer.seqlens.copy_(torch.tensor(batch.lengths, dtype=torch.int32))
