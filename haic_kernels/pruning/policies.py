@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import torch
 
+from haic_kernels.ops._common import check_int
 from haic_kernels.ops.token_prune.api import (
     check_keep_ratio,
     frame_cosine_scores,
@@ -310,8 +311,7 @@ class TextGuided:
 
     def __post_init__(self) -> None:
         _check_common(self)
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise TypeError(f"layer: expected an int >= 0, got {self.layer!r}")
+        check_int("layer", self.layer, minimum=0)
         if self.query not in ("last", "text"):
             raise ValueError(f"query: expected 'last' or 'text', got {self.query!r}")
 

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
-from ...tokens import build_position_ids, check_token_types
+from ...tokens import build_position_ids as build_position_ids  # the rules live in tokens.py
+from ...tokens import check_token_types as check_token_types
+from ...tokens import vision_expert_mask as vision_expert_mask
 from .config import CogVLM2Config
 from .vision import check_attn_impl
 

@@ -58,6 +58,7 @@ __all__ = [
     "RotaryEmbedding",
     "VisionExpertAttention",
     "VisionExpertMLP",
+    "VisionStages",
     "apply_rotary",
     "build_position_ids",
     "causal_attention",
@@ -152,8 +153,32 @@ class CogVLM2Model(nn.Module):
         self.vision = EVA2CLIPModel(config, attn_impl)
 
 
-class CogVLM2ForCausalLM(nn.Module):
-    """The whole model. ``attn_impl`` ("sdpa" | "eager") can be switched at any time."""
+class VisionStages:
+    """The vision stages of a CogVLM2 model, one definition for the reference and `FastCogVLM2`
+    (so callers never ask which they hold): each runs ``self.model.vision``'s stage."""
+
+    model: nn.Module
+
+    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (uint8 [N, H, W, 3] or normalized float [N, 3, H, W]) -> [N, 1 + P, Dv]."""
+        return self.model.vision.embed_patches(frames)
+
+    def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1 + P, Dv] -> [N, 1 + P, Dv] through every vision block."""
+        return self.model.vision.run_vision_tower(x)
+
+    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1 + P, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv, GLU adapter, boi/eoi."""
+        return self.model.vision.compress_and_adapt(x)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames -> [N, tokens_per_frame, Dt]: the three stages above."""
+        return self.model.vision(frames)
+
+
+class CogVLM2ForCausalLM(VisionStages, nn.Module):
+    """The whole model. ``attn_impl`` ("sdpa" | "eager") can be switched at any time; the
+    stages (`VisionStages`, ``forward``, ``generate``) are `FastCogVLM2`'s."""
 
     def __init__(self, config: CogVLM2Config, *, attn_impl: str = "sdpa") -> None:
         super().__init__()
@@ -172,24 +197,6 @@ class CogVLM2ForCausalLM(nn.Module):
     def attn_impl(self, value: str) -> None:
         set_attn_impl(self, value)
         self._attn_impl = value
-
-    # ---- the stages (the same names and signatures as `FastCogVLM2`'s) -----------------------
-
-    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 [N, H, W, 3] or normalized float [N, 3, H, W]) -> [N, 1 + P, Dv]."""
-        return self.model.vision.embed_patches(frames)
-
-    def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 1 + P, Dv] -> [N, 1 + P, Dv] through every vision block."""
-        return self.model.vision.run_vision_tower(x)
-
-    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 1 + P, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv, GLU adapter, boi/eoi."""
-        return self.model.vision.compress_and_adapt(x)
-
-    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames -> [N, tokens_per_frame, Dt]: the three stages above."""
-        return self.model.vision(frames)
 
     def generate(
         self,

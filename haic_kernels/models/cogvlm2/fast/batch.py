@@ -1,15 +1,10 @@
 """`TokenBatch`: the token rows of one forward, packed, with all the batch metadata layers need.
 
-Every batch is packed: its rows laid end to end, ``T = sum(lengths)`` tokens, row ``b`` being
-tokens ``cu_seqlens[b] : cu_seqlens[b + 1]``; a dense ``[B, S]`` batch is a packed batch whose
-rows have equal lengths. The batch carries each token's id, type and position id (`tokens`:
-per row, from its types), the expert `Routing` (built once, reused by every layer) and host-side
-data read ONCE when it is built (the row lengths and token counts, the largest position id), so
-no layer reads the device: varlen attention gets ``max_seqlen`` from here.
-
-Input forms (`TokenBatch.from_inputs`): ``[B, S]`` tensors; right-padded ``[B, S]`` tensors with
-``lengths`` int ``[B]`` (row b is ``[:lengths[b]]``, `pad_prompts` builds them); or lists of 1-D
-rows ``[S_b]``.
+Rows are laid end to end (row b = tokens ``cu_seqlens[b] : cu_seqlens[b + 1]``); a dense
+``[B, S]`` batch is a packed batch of equal rows. Ids, types, positions (`tokens`, per row), the
+expert `Routing` (built once for every layer) and host data read ONCE when built (row lengths
+and token counts, the largest position), so no layer reads the device. Input forms: ``[B, S]``
+tensors, right-padded ``[B, S]`` with ``lengths`` int ``[B]`` (`pad_prompts`), lists of rows.
 """
 
 from __future__ import annotations
@@ -42,13 +37,9 @@ def routing_for(types: torch.Tensor, cu_seqlens: torch.Tensor, vision_expert: bo
 
 @dataclass(frozen=True, eq=False)
 class TokenBatch:
-    """Packed token rows (see the module docstring).
-
-    ``input_ids``, ``token_type_ids``, ``position_ids``: int64 [T]; ``cu_seqlens`` int32 [B+1];
-    ``routing``: over the T tokens; ``counts``: host-side `TokenCounts` per row (lengths, patch
-    and vision tokens: what pruning's kept counts follow from); ``max_position``: the largest
-    position id (host).
-    """
+    """``input_ids``, ``token_type_ids``, ``position_ids``: int64 [T]; ``cu_seqlens`` int32
+    [B+1]; ``routing`` over the T tokens; ``counts``: host `TokenCounts` per row (lengths, patch
+    and vision tokens: what pruning's kept counts follow from); ``max_position`` (host)."""
 
     input_ids: torch.Tensor
     token_type_ids: torch.Tensor

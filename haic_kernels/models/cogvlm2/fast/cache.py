@@ -1,12 +1,10 @@
-"""`StaticKVCache`: preallocated per-layer key/value buffers that a decode loop (and its CUDA
-graph) writes into in place.
+"""`StaticKVCache`: per-layer key/value buffers a decode loop (and its CUDA graph) writes in place.
 
-Layer i holds ``k, v [B, T_i + max_new_tokens, Hkv, Dh]``: row b's prompt keys (after RoPE) at
-``[:T_ib]``, its new tokens after them, ``seqlens[i][b]`` its valid length (T_i: that layer's
-longest row, shorter from a text-guided layer K+1 on). The prefill stores each layer as it is
-computed (`store`), so the packed prompt keys never exist for all layers at once. Buffers are
-kept across prompts of the same shape and reused in place (``same_shape`` says whether every
-layer was), so a CUDA graph captured on them stays valid.
+Layer i holds ``k, v [B, T_i + max_new_tokens, Hkv, Dh]`` (row b's prompt keys after RoPE at
+``[:T_ib]``, then its new tokens; T_i: the layer's longest row, shorter after a text-guided
+stage) and ``seqlens`` [B]. The prefill stores each layer as computed (`store`), so the packed
+prompt keys never exist for all layers at once; buffers are reused in place by prompts of the
+same shape (``same_shape``), so a CUDA graph captured on them stays valid.
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
-"""Generation for `FastCogVLM2`: one loop behind `generate` and `stream`, a static KV cache and
-a CUDA-graph decode step reused across calls of the same shape.
+"""Generation for `FastCogVLM2`: one loop (`steps`) behind `generate` and `stream`.
 
-`steps` runs THE prefill (`prefill.prefill`, pruning included) with each layer's keys/values
-going straight into a `StaticKVCache`, then yields one token per row per step:
-
-* choose: ``sampler(logits fp32 [B, V], seen int64 [B, L]) -> int64 [B]`` (None: argmax),
-  outside any graph; ``seen`` holds each row's prompt ids then its new ids, -1 after them (and
-  for the steps after the row finished). A row that produced any of the eos ids is finished;
-  finished rows emit the first eos id;
-* step: embed, every layer's `FastDecoderLayer.decode` (appends to the cache, advances the
-  row's length), norm, lm_head -> the next logits. All on the device with fixed shapes; on CUDA
-  (``cuda_graph=None`` or True) the first step of a shape runs eagerly on a side stream (the
-  warm-up: Triton compilation, cuBLAS handles), the next one is captured, and every later step
-  replays the graph. The model keeps the buffers and the graph (`DecodeState`) for the next
-  call, which replays the same graph when its batch has the same shape (rows, per-layer cache
-  sizes, dtype, device).
-
-The host checks whether every row has finished only every ``eos_check_every`` steps (a read
-stalls the CPU until the GPU catches up; `generate` uses `EOS_CHECK_EVERY`, then truncates the
-output to exactly what `greedy_generate` returns).
+THE prefill (`prefill.prefill`) stores each layer's keys/values straight into the static cache,
+then each step chooses ``sampler(logits fp32 [B, V], seen int64 [B, L]) -> int64 [B]`` (None:
+argmax) outside any graph (``seen``: each row's prompt ids, then its new ids, -1 after them and
+once the row finished; a row finishes on any eos id and then repeats the first), and runs the
+decode step: embed, each layer's `decode`, norm, lm_head, all on the device with fixed shapes.
+On CUDA (``cuda_graph`` None or True) the first step of a shape runs eagerly on a side stream
+(Triton compiles, cuBLAS warms up), the next is captured and later steps replay it; the model
+keeps these buffers (`DecodeState`), so the next call of the same shape (rows, per-layer cache
+sizes, dtype, device) replays the same graph. The host reads "all finished?" only every
+``eos_check_every`` steps (a read waits for the GPU); `generate` truncates to exactly what
+`greedy_generate` returns.
 """
 
 from __future__ import annotations
@@ -28,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from haic_kernels.ops._common import check_int
 
 from ..generate import check_max_new_tokens
 from .batch import TokenBatch
@@ -53,6 +47,7 @@ class DecodeState:
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = False
+        self.weights: tuple[int, ...] = ()  # where the graph read the parameters from
 
     def step(self, model: nn.Module) -> None:
         """One token per row on the static buffers (what a graph captures)."""
@@ -85,17 +80,14 @@ class DecodeState:
 
 
 def _eos_ids(eos_token_id: object, device: torch.device) -> torch.Tensor | None:
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
-    if ids is None:
+    """None, or int64 [n] of ``eos_token_id``: an id >= 0 or a non-empty sequence of them."""
+    if eos_token_id is None:
         return None
-    if (
-        isinstance(eos_token_id, bool)
-        or not isinstance(ids, Sequence)
-        or not ids
-        or any(isinstance(i, bool) or not isinstance(i, int) for i in ids)
-    ):
-        raise TypeError(f"eos_token_id: expected an int, a sequence of ints or None, got {ids!r}")
-    return torch.tensor(list(ids), dtype=torch.long, device=device)
+    ids = eos_token_id if isinstance(eos_token_id, Sequence) else [eos_token_id]
+    if not ids:
+        raise TypeError("eos_token_id: expected an int, a sequence of ints or None, got []")
+    ids = [check_int("eos_token_id", i, minimum=0) for i in ids]
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def _sync(device: torch.device) -> float:
@@ -104,14 +96,13 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-@torch.inference_mode()
 def steps(
     model: nn.Module,
     batch: TokenBatch,
     frames: torch.Tensor | None = None,
+    *,
     vision_embeds: torch.Tensor | None = None,
     prune: object = None,
-    *,
     max_new_tokens: int,
     eos_token_id: int | Sequence[int] | None = None,
     sampler: Sampler | None = None,
@@ -119,9 +110,11 @@ def steps(
     timings: dict | None = None,
     eos_check_every: int = 1,
 ) -> Iterator[torch.Tensor]:
-    """Yield each step's new tokens int64 [B] (see the module docstring). ``timings`` (a dict)
-    gets "prefill_s", "decode_s" and "decode_tokens" (tokens after the first, over the batch)."""
+    """An iterator over each step's new tokens int64 [B] (see the module docstring), arguments
+    checked now. ``timings`` (a dict) gets "prefill_s", "decode_s" and "decode_tokens" (tokens
+    after the first, over the batch) when it ends."""
     n_new = check_max_new_tokens(max_new_tokens)
+    check_int("eos_check_every", eos_check_every)
     device = batch.device
     eos = _eos_ids(eos_token_id, device)
     if sampler is not None and not callable(sampler):
@@ -135,16 +128,25 @@ def steps(
             f"max_new_tokens={n_new}: positions would reach {batch.max_position + n_new - 1}, "
             f"past max_position_embeddings={max_pos} (prompt plus new tokens too long)"
         )
+    return _loop(model, batch, frames, vision_embeds, prune, n_new, eos, sampler, cuda_graph,
+                 timings, eos_check_every)  # fmt: skip
+
+
+@torch.inference_mode()
+def _loop(model, batch, frames, vision_embeds, prune, n_new, eos, sampler, cuda_graph, timings,
+          eos_check_every) -> Iterator[torch.Tensor]:  # fmt: skip
+    """The loop of `steps` (its arguments checked)."""
     if n_new == 0:
         return
-    b = batch.batch_size
+    device, b = batch.device, batch.batch_size
     state = model.decode_state(b, device)
     state.cache.begin(n_new)
     t0 = _sync(device)
     out = prefill(model, batch, frames, vision_embeds, prune, sink=state.cache.store,
                   last_only=True)  # fmt: skip
-    if not state.cache.same_shape:  # the captured graph reads buffers that are gone
-        state.graph, state.warm = None, False
+    weights = tuple(p.data_ptr() for p in model.parameters())
+    if not state.cache.same_shape or weights != state.weights:  # the graph reads stale memory
+        state.graph, state.warm, state.weights = None, False, weights
     state.pos.copy_(out.batch.position_ids[out.batch.last_index] + 1)
     rows = torch.arange(b, device=device)
     ends = torch.tensor(batch.lengths, device=device)

@@ -1,18 +1,12 @@
 """The fast LM decoder layer: `forward` for a prefill, `decode` for one step, one body of math.
 
-`FastDecoderLayer` holds the reference `CogVLMDecoderLayer`'s own submodules (``self_attn``,
-``mlp``, the two RMSNorms: same names, same parameters, no copy) and computes its function
-through haic_kernels ops, pre-norm::
-
-    h = x + dense_e(attention(rope(qkv_e(rms(x)))))      y = h + down_e(silu(gate_e(.)) * up_e(.))
-
-* projections: `expert_linear` (one grouped GEMM per projection with the batch's `Routing`;
-  the video model routes every token to the language expert); decode tokens are language
-  tokens, so a step uses the language weights alone (``F.linear``, no routing);
-* `rope_qkv`: QKV split, RoPE on q and k, flash layout, in one pass;
-* attention: `prefill_attention` (causal varlen inside each row of the `TokenBatch`) or
-  `decode_attention` (one query per row against the static cache). These two functions are the
-  only places that call attention: the switch to ``ops.attention_with_kvcache`` is theirs.
+`FastDecoderLayer` holds the reference `CogVLMDecoderLayer`'s submodules (same names and
+parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(rms(x)))))``,
+``y = h + down_e(silu(gate_e(rms(h))) * up_e(rms(h)))`` through haic_kernels ops:
+`expert_linear` with the batch's `Routing` (decode tokens are language tokens: a step uses the
+language weights, ``F.linear``), `rope_qkv` (split + RoPE + flash layout in one pass), and
+`attend` / `decode_attention`: the only places that call attention and the decode kernel (the
+switch to the structured `attention` result and to ``ops.attention_with_kvcache`` is theirs).
 """
 
 from __future__ import annotations
@@ -31,18 +25,15 @@ from haic_kernels.ops.expert_linear import Routing, expert_linear
 from haic_kernels.ops.rope import rope_qkv
 
 from ..config import CogVLM2Config
+from ..language import _SDPA_GQA
 from .batch import TokenBatch
 
-__all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "decode_attention",
+__all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "attend", "decode_attention",
            "prefill_attention"]  # fmt: skip
-
-# F.scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions repeat k/v.
-_SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class LayerOutput(NamedTuple):
-    """``x`` [T, D]; this layer's ``k``, ``v`` [T, Hkv, Dh] (k after RoPE); ``scores`` float32
-    [T] (``key_scores`` asked: the attention each key receives) or None."""
+    """``x`` [T, D]; ``k``, ``v`` [T, Hkv, Dh] (k after RoPE); ``scores`` float32 [T] or None."""
 
     x: torch.Tensor
     k: torch.Tensor
@@ -51,12 +42,21 @@ class LayerOutput(NamedTuple):
 
 
 class LayerCache(NamedTuple):
-    """One layer's static cache: ``k``, ``v`` [B, capacity, Hkv, Dh] (rows start at 0),
-    ``seqlens`` int32 [B] (valid keys per row, advanced by `FastDecoderLayer.decode`)."""
+    """``k``, ``v`` [B, capacity, Hkv, Dh]; ``seqlens`` int32 [B]: valid keys per row."""
 
     k: torch.Tensor
     v: torch.Tensor
     seqlens: torch.Tensor
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_scores: torch.Tensor | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """`haic_kernels.attention` (``kwargs``: its options) -> (out, key scores or None): the one
+    call of it in the fast model (its result type is this function's business alone)."""
+    res = attention(q, k, v, key_scores=key_scores, **kwargs)
+    return (res, None) if key_scores is None else (res[0], res[-1])
 
 
 def prefill_attention(
@@ -70,10 +70,8 @@ def prefill_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """q [T, Hq, Dh], k/v [T, Hkv, Dh] -> (out [T, Hq, Dh], scores [T] or None): causal inside
     each row (``max_seqlen`` from the batch's host data: no device read)."""
-    cu, max_s = batch.cu_seqlens, batch.max_seqlen
-    res = attention(q, k, v, causal=True, cu_seqlens=cu, max_seqlen=max_s, key_scores=key_scores,
-                    backend=backend)  # fmt: skip
-    return (res, None) if key_scores is None else res
+    return attend(q, k, v, key_scores, causal=True, cu_seqlens=batch.cu_seqlens,
+                  max_seqlen=batch.max_seqlen, backend=backend)  # fmt: skip
 
 
 def decode_attention(

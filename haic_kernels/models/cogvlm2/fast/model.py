@@ -1,15 +1,9 @@
 """`FastCogVLM2`: CogVLM2(-Video) end to end through haic_kernels ops.
 
-Same module tree and ``state_dict()`` keys as the reference `CogVLM2ForCausalLM`
-(``model.embed_tokens``, ``model.layers[i]``, ``model.norm``, ``model.vision``, ``lm_head``), so
-forward hooks by module name line up with the reference for stage-by-stage comparison and one
-checkpoint loads into either; ``from_reference`` shares the reference's modules (no copy). The
-stage methods (``embed_patches``, ``run_vision_tower``, ``compress_and_adapt``,
-``encode_frames``, ``forward``, ``generate``) have the reference's names and signatures.
-
-Inside, every call packs its rows into one `TokenBatch` and runs THE prefill (`prefill.py`):
-the vision tower once, the pruning stages of ``prune=`` (`haic_kernels.pruning` policies), the
-LM layers (`layers.FastDecoderLayer`) on varlen attention; `decode.py` generates.
+The reference `CogVLM2ForCausalLM`'s module tree and ``state_dict()`` keys (hooks by module name
+line up, one checkpoint loads into either; ``from_reference`` shares its modules) and stages
+(`VisionStages`, ``forward``, ``generate``). Every call packs its rows into one `TokenBatch` and
+runs THE prefill (`prefill.py`); `decode.py` generates.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ from torch import nn
 from haic_kernels.pruning import PrunePlan
 
 from ..config import CogVLM2Config
-from ..reference import CogVLM2ForCausalLM
+from ..reference import CogVLM2ForCausalLM, VisionStages
 from ..weights import load_pretrained
 from .batch import TokenBatch
 from .decode import DecodeState, Sampler, generate, steps
@@ -67,7 +61,7 @@ class _LanguageModel(nn.Module):
         self.vision = FastEVA2CLIPModel(ref.vision, backend, attn_backend)
 
 
-class FastCogVLM2(nn.Module):
+class FastCogVLM2(VisionStages, nn.Module):
     """CogVLM2 through haic_kernels ops: ``forward`` (prefill logits), ``generate``, ``stream``.
 
     ``backend`` ("auto" | "torch" | "triton") goes to every op, ``attn_backend`` (default
@@ -117,24 +111,6 @@ class FastCogVLM2(nn.Module):
         _check_backend(backend)
         ref = load_pretrained(path, dtype=dtype, device=device, config=config)
         return cls.from_reference(ref, backend=backend, attn_backend=attn_backend).eval()
-
-    # ---- the stages -----------------------------------------------------------------------------
-
-    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames (uint8 [N, H, W, 3] or normalized float [N, 3, H, W]) -> [N, 1 + P, Dv]."""
-        return self.model.vision.embed_patches(frames)
-
-    def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 1 + P, Dv] -> [N, 1 + P, Dv] through every vision block."""
-        return self.model.vision.run_vision_tower(x)
-
-    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 1 + P, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv, GLU adapter, boi/eoi."""
-        return self.model.vision.compress_and_adapt(x)
-
-    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames -> [N, tokens_per_frame, Dt]: the three stages above."""
-        return self.model.vision(frames)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., D] after the last layer -> fp32 logits [..., V]."""
@@ -198,7 +174,7 @@ class FastCogVLM2(nn.Module):
         "decode_tokens". Inputs as for `forward`; each row decodes from its own (kept) length.
         See `fast.decode`."""
         return generate(self, self.batch(input_ids, token_type_ids, lengths), frames,
-                        vision_embeds, prune, max_new_tokens=max_new_tokens,
+                        vision_embeds=vision_embeds, prune=prune, max_new_tokens=max_new_tokens,
                         eos_token_id=eos_token_id, sampler=sampler, cuda_graph=cuda_graph,
                         timings=timings)  # fmt: skip
 
@@ -208,26 +184,15 @@ class FastCogVLM2(nn.Module):
         token_type_ids: torch.Tensor | Sequence[torch.Tensor],
         frames: torch.Tensor | None = None,
         *,
-        vision_embeds: torch.Tensor | None = None,
-        max_new_tokens: int,
-        eos_token_id: int | Sequence[int] | None = None,
-        sampler: Sampler | None = None,
-        prune: object = None,
         lengths: torch.Tensor | Sequence[int] | None = None,
-        cuda_graph: bool | None = None,
         eos_check_every: int = 1,
+        **options: object,
     ) -> Iterator[torch.Tensor]:
-        """`generate`'s loop as an iterator: each step's new tokens int64 [B] (finished rows
-        give the first eos id; the stream ends within ``eos_check_every`` steps of every row
-        finishing, or after ``max_new_tokens`` steps)."""
-        if isinstance(eos_check_every, bool) or not isinstance(eos_check_every, int):
-            raise TypeError(f"eos_check_every: expected an int >= 1, got {eos_check_every!r}")
-        if eos_check_every < 1:
-            raise ValueError(f"eos_check_every: expected an int >= 1, got {eos_check_every}")
-        return steps(self, self.batch(input_ids, token_type_ids, lengths), frames, vision_embeds,
-                     prune, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                     sampler=sampler, cuda_graph=cuda_graph,
-                     eos_check_every=eos_check_every)  # fmt: skip
+        """`generate`'s loop as an iterator (``options``: generate's other keywords):
+        each step's new tokens int64 [B], finished rows giving the first eos id; it ends after
+        ``max_new_tokens`` steps or within ``eos_check_every`` steps of every row finishing."""
+        batch = self.batch(input_ids, token_type_ids, lengths)
+        return steps(self, batch, frames, eos_check_every=eos_check_every, **options)
 
     def decode_state(self, batch_size: int, device: torch.device) -> DecodeState:
         """The decode buffers for ``batch_size`` rows on ``device``: the last call's when they

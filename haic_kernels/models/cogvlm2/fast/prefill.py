@@ -1,16 +1,13 @@
 """THE prefill of `FastCogVLM2`: every batch shape and pruning mix runs through `prefill`.
 
-1. embed the batch's token ids; encode the frames (the vision tower runs exactly once, asked
-   for its last block's CLS attention when a policy needs it) or take ``vision_embeds``; fill
-   the vision rows;
-2. the before-LM pruning stages, in order: each scores the current tokens (`TokenLayout`),
-   is applied to the batch (`prune.apply`: the kept tokens, packed, a new `TokenBatch`);
+1. embed the token ids; fill the vision rows: the frames encoded (the tower runs exactly once,
+   with its CLS attention when a policy needs it) or ``vision_embeds``;
+2. the before-LM pruning stages in order, each applied to the batch (`prune.apply`);
 3. the LM layers on the packed tokens; at the in-LM stage's layer K the layer also returns key
    scores, the stage selects, and from layer K+1 on only its kept tokens go on;
-4. logits (`FastCogVLM2.logits`), of every token or of each row's last one.
+4. logits of every token, or of each row's last one.
 
-``sink(i, k, v, batch)`` receives each layer's keys/values ([T_i, Hkv, Dh], packed in
-``batch``'s rows): what generation stores in its static cache.
+``sink(i, k, v, batch)`` receives each layer's keys/values ([T_i, Hkv, Dh] in ``batch``'s rows).
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import torch
 from torch import nn
 
 from haic_kernels.constants import VISION_TOKEN_TYPE
-from haic_kernels.pruning import PruneResult, TokenLayout, plan_stages, pool_cls_attention
+from haic_kernels.pruning import PruneResult, TokenLayout, plan_stages
 
 from ..reference import check_vision_inputs, vision_embed_rows
 from .batch import TokenBatch
@@ -35,9 +32,8 @@ Sink = Callable[[int, torch.Tensor, torch.Tensor, TokenBatch], None]
 
 @dataclass
 class PrefillOutput:
-    """``logits`` fp32 [T, V] over ``batch``'s tokens (or [B, V], each row's last token);
-    ``batch``: the batch the last layer ran on (after pruning); ``stages``: each pruning stage's
-    `PruneResult`, in order."""
+    """``logits`` fp32 [T, V] (or [B, V]: each row's last token) of ``batch``, the batch the last
+    layer ran on; ``stages``: each pruning stage's `PruneResult`, in order."""
 
     logits: torch.Tensor
     batch: TokenBatch
@@ -59,21 +55,11 @@ def _vision_rows(
             "prune: a policy needs cls_scores (the vision tower's CLS attention): pass frames, "
             "not vision_embeds"
         )
-    if frames is None:
-        rows = None if vision_embeds is None else vision_embed_rows(
-            vision_embeds, model.config.text.hidden_size, slots
-        )  # fmt: skip
-        return rows, None
-    if slots == 0:
-        return None, None
-    vision = model.model.vision
-    x, cls = vision.embed_patches(frames), None
-    if want_cls:
-        x, cls = vision.run_vision_tower(x, cls_scores=True)
-        cls = pool_cls_attention(cls)
-    else:
-        x = vision.run_vision_tower(x)
-    return vision.compress_and_adapt(x).flatten(0, 1), cls
+    if frames is not None and slots:
+        return model.model.vision.encode(frames, want_cls)
+    if vision_embeds is not None:
+        return vision_embed_rows(vision_embeds, model.config.text.hidden_size, slots), None
+    return None, None
 
 
 def prefill(

@@ -1,7 +1,5 @@
-"""The fast EVA2-CLIP vision tower and adapter, on the reference's modules and parameters.
-
-Module names are those of `vision.EVA2CLIPModel` (``patch_embedding``, ``transformer.layers[i]``,
-``linear_proj``, ``conv``, ``boi``, ``eoi``), so state dicts and forward hooks line up. Stages:
+"""The fast EVA2-CLIP vision tower and adapter, on the reference's modules (same names, same
+parameters: state dicts and forward hooks line up). Stages:
 
     embed_patches       `haic_kernels.patch_embed`: uint8 [N, H, W, 3] frames straight in
                         (normalized in the kernel) or normalized float [N, 3, H, W]
@@ -17,18 +15,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from haic_kernels.ops.attention import attention
 from haic_kernels.ops.conv_compress import conv_compress
 from haic_kernels.ops.patch_embed import patch_embed
+from haic_kernels.pruning import pool_cls_attention
 
 from ..vision import EVA2CLIPModel, check_frames
+from .layers import attend
 
 __all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
 
 
 class FastVisionLayer(nn.Module):
-    """Post-norm block ``h = x + LN1(attn(x))``, ``y = h + LN2(fc2(gelu(fc1(h))))``; holds the
-    reference block's modules (its ``attention`` for the parameters only)."""
+    """Post-norm block ``h = x + LN1(attn(x))``, ``y = h + LN2(fc2(gelu(fc1(h))))`` on the
+    reference block's modules."""
 
     def __init__(self, ref: nn.Module, backend: str) -> None:
         super().__init__()
@@ -51,8 +50,7 @@ class FastVisionLayer(nn.Module):
         if cls_scores:
             rows = torch.zeros(n, length, dtype=torch.bool, device=x.device)
             rows[:, 0] = True
-        res = attention(q, k, v, causal=False, key_scores=rows, backend=self.backend)
-        ctx, scores = (res, None) if rows is None else res
+        ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend)
         h = x + self.input_layernorm(a.dense(ctx.reshape(n, length, -1)))
         y = h + self.post_attention_layernorm(self.mlp(h))
         return y if scores is None else (y, scores)
@@ -111,6 +109,16 @@ class FastEVA2CLIPModel(nn.Module):
         n = y.shape[0]
         return torch.cat([self.boi.expand(n, -1, -1).to(y.dtype), y,
                           self.eoi.expand(n, -1, -1).to(y.dtype)], dim=1)  # fmt: skip
+
+    def encode(
+        self, frames: torch.Tensor, cls_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three stages: (LM rows [N * tokens_per_frame, Dt], with ``cls_scores`` the last
+        block's CLS attention pooled per LM patch token [N, patches], else None)."""
+        x = self.run_vision_tower(self.embed_patches(frames), cls_scores)
+        x, cls = x if cls_scores else (x, None)
+        rows = self.compress_and_adapt(x).flatten(0, 1)
+        return rows, None if cls is None else pool_cls_attention(cls)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.compress_and_adapt(self.run_vision_tower(self.embed_patches(frames)))
