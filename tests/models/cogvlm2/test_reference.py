@@ -422,11 +422,11 @@ def test_bad_inputs_raise_value_errors() -> None:
     model = make_model()
     ids, types, images = make_batch(model.config)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="images"):
+        with pytest.raises(ValueError, match="frames"):
             model(ids, types, images[:3])  # 3 frames for 4 frames' slots
-        with pytest.raises(ValueError, match="images"):
+        with pytest.raises(ValueError, match="frames"):
             model(ids, types, images[:, :, :100])
-        with pytest.raises(ValueError, match="neither images nor vision_embeds"):
+        with pytest.raises(ValueError, match="neither frames nor vision_embeds"):
             model(ids, types)
         with pytest.raises(ValueError, match="token_type_ids"):
             model(ids, types[:, :-1], images)

@@ -74,7 +74,8 @@ class TokenBatch:
     def row_col(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, column) int64 [T] of every token in the right-padded [B, max_seqlen] layout."""
         lens = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
-        row = torch.repeat_interleave(torch.arange(len(self.lengths), device=self.device), lens)
+        rows = torch.arange(len(self.lengths), device=self.device)
+        row = torch.repeat_interleave(rows, lens, output_size=sum(self.lengths))  # no host read
         col = torch.arange(row.numel(), device=self.device) - self.cu_seqlens.long()[row]
         return row, col
 

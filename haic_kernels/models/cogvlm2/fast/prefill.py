@@ -95,7 +95,7 @@ def prefill(
             feats = res.vision_embeds.view_as(feats)
             cur = layout.vision
             idx = (layout.frame * tpf + layout.slot)[cur]
-            x = x.index_put((cur[layout.real],), res.vision_embeds[idx].to(x.dtype))
+            x = x.index_put((cur[batch.row_col],), res.vision_embeds[idx].to(x.dtype))
         counts = kept_counts(policy, counts, layout)
         x, batch = apply(res, layout, batch, x, counts, cfg, model.backend)
         layout = res.layout_after
@@ -108,9 +108,9 @@ def prefill(
             x, batch = apply(stages[-1], layout, batch, x, after_lm, cfg, model.backend)
             layout = stages[-1].layout_after
         if i == k_layer:
-            out = layer(x, batch, key_scores=in_lm.query_rows(layout)[layout.real])
+            out = layer(x, batch, key_scores=in_lm.query_rows(layout)[batch.row_col])
             scores = out.scores.new_zeros(layout.role.shape)
-            scores[layout.real] = out.scores
+            scores[batch.row_col] = out.scores
             stages.append(in_lm(layout, lm_scores=scores, num_layers=num_layers))
         else:
             out = layer(x, batch)

@@ -2,7 +2,7 @@
 
 A stage's `PruneResult` holds its keep mask over the padded layout ``[B, S]`` of the batch;
 the batch's packed order is that layout's row-major order restricted to real tokens, so the
-packed keep mask is ``keep[layout.real]``. The kept tokens keep their position ids; the routing
+packed keep mask is ``keep[batch.row_col]``. The kept tokens keep their position ids; the routing
 is rebuilt on their types (boi and eoi are never dropped, so it equals the original routing
 restricted to the kept tokens). The new batch's host data are the stage's kept counts,
 predicted from the layout alone by the policy (`PrunePolicy.kept`), never read back.
@@ -39,7 +39,7 @@ def apply(
     backend: str,
 ) -> tuple[torch.Tensor, TokenBatch]:
     """(kept rows of x [T, ...] -> [T_kept, ...], the batch of the kept tokens)."""
-    c = compact(x, result.keep[layout.real], cu_seqlens=batch.cu_seqlens,
+    c = compact(x, result.keep[batch.row_col], cu_seqlens=batch.cu_seqlens,
                 token_type_ids=batch.token_type_ids, position_ids=batch.position_ids,
                 backend=backend)  # fmt: skip
     kept = TokenBatch.packed(batch.input_ids[c.indices], c.token_type_ids, c.position_ids,
