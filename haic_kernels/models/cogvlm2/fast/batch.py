@@ -71,11 +71,15 @@ class TokenBatch:
         return self.cu_seqlens[1:].to(torch.long) - 1
 
     @cached_property
+    def seqlens(self) -> torch.Tensor:
+        """int32 [B]: the row lengths on the device (from ``cu_seqlens``: no host copy)."""
+        return self.cu_seqlens.diff()
+
+    @cached_property
     def row_col(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, column) int64 [T] of every token in the right-padded [B, max_seqlen] layout."""
-        lens = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
         rows = torch.arange(len(self.lengths), device=self.device)
-        row = torch.repeat_interleave(rows, lens, output_size=sum(self.lengths))  # no host read
+        row = torch.repeat_interleave(rows, self.seqlens.long(), output_size=sum(self.lengths))
         col = torch.arange(row.numel(), device=self.device) - self.cu_seqlens.long()[row]
         return row, col
 

@@ -45,4 +45,4 @@ class StaticKVCache:
             self.layers[i:i + 1] = [layer]  # fmt: skip
         layer.k[batch.row_col] = k
         layer.v[batch.row_col] = v
-        layer.seqlens.copy_(torch.tensor(batch.lengths, dtype=torch.int32))
+        layer.seqlens.copy_(batch.seqlens)  # device to device: no wait for the host

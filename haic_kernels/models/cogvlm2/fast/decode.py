@@ -149,7 +149,7 @@ def _loop(model, batch, frames, vision_embeds, prune, n_new, eos, sampler, cuda_
         state.graph, state.warm, state.weights = None, False, weights
     state.pos.copy_(out.batch.position_ids[out.batch.last_index] + 1)
     rows = torch.arange(b, device=device)
-    ends = torch.tensor(batch.lengths, device=device)
+    ends = batch.seqlens.long()
     seen = None
     if sampler is not None:
         seen = torch.full((b, batch.max_seqlen + n_new), -1, dtype=torch.long, device=device)

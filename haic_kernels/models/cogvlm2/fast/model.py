@@ -147,9 +147,8 @@ class FastCogVLM2(VisionStages, nn.Module):
         """
         batch = self.batch(input_ids, token_type_ids, lengths)
         out = prefill(self, batch, frames, vision_embeds, prune)
-        lens = torch.tensor(out.batch.lengths, dtype=torch.long, device=out.logits.device)
         plan = PrunePlan(out.stages) if out.stages else None
-        return FastCausalLMOutput(out.batch.unpack(out.logits), lens, plan)
+        return FastCausalLMOutput(out.batch.unpack(out.logits), out.batch.seqlens.long(), plan)
 
     def generate(
         self,

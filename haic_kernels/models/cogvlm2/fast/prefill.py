@@ -86,8 +86,8 @@ def prefill(
     stages: list[PruneResult] = []
     counts, layout = batch.counts, None
     if before or in_lm:
-        lens = torch.tensor(batch.lengths, device=batch.device)
-        layout = TokenLayout.from_token_types(batch.unpack(batch.token_type_ids, 0), tpf, lens)
+        types = batch.unpack(batch.token_type_ids, 0)
+        layout = TokenLayout.from_token_types(types, tpf, batch.seqlens.long())
     feats = rows.view(-1, tpf, rows.shape[-1]) if rows is not None else None
     for policy in before:
         res = policy(layout, vision_embeds=feats, cls_scores=cls, num_layers=num_layers)
