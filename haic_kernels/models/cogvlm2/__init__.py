@@ -1,8 +1,8 @@
 """CogVLM2(-Video): configuration, the plain-PyTorch reference model, prompts and decoding.
 
-``reference`` is the oracle (stock torch modules, original checkpoint names); ``weights``
-reads and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by
-the reference and the fast model.
+``reference`` is the oracle (stock torch modules, original checkpoint names); ``fast`` runs the
+same model through haic_kernels ops (`FastCogVLM2`, the same stage methods); ``weights`` reads
+and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by both.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from .config import (
     count_parameters,
     get_config,
 )
-from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
-from .fast_ragged import pad_prompts
+from .fast import FastCausalLMOutput, FastCogVLM2, TokenBatch, pad_prompts
 from .generate import generate, greedy_generate, stream_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
@@ -29,6 +28,7 @@ from .reference import (
     EVA2CLIPModel,
     KVCache,
     build_position_ids,
+    check_frames,
     init_random_weights,
     normalize_frames,
     set_attn_impl,
@@ -56,9 +56,11 @@ __all__ = [
     "Sampler",
     "SamplingParams",
     "TextConfig",
+    "TokenBatch",
     "VisionConfig",
     "build_position_ids",
     "build_prompt",
+    "check_frames",
     "count_parameters",
     "generate",
     "get_config",
@@ -71,6 +73,5 @@ __all__ = [
     "set_attn_impl",
     "stack_prompts",
     "stream_generate",
-    "swap_fast_modules",
     "vision_expert_mask",
 ]

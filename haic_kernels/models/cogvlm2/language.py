@@ -1,4 +1,4 @@
-"""The CogVLM2 language model pieces: positions, expert routing, KV cache, decoder layer.
+"""The CogVLM2 language model pieces: KV cache, decoder layer (token rules: `haic_kernels.tokens`).
 
 Names mirror the release (``model.layers.N.self_attn.language_expert_query_key_value``, ...).
 Per decoder layer (pre-norm)::
@@ -27,72 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
+from ...tokens import build_position_ids as build_position_ids  # the rules live in tokens.py
+from ...tokens import check_token_types as check_token_types
+from ...tokens import vision_expert_mask as vision_expert_mask
 from .config import CogVLM2Config
 from .vision import check_attn_impl
 
 # F.scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions repeat k/v.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
-
-
-# ---------------------------------------------------------------------------------------------
-# positions and routing
-
-
-def check_token_types(token_type_ids: torch.Tensor, name: str = "token_type_ids") -> None:
-    if not isinstance(token_type_ids, torch.Tensor) or token_type_ids.dtype.is_floating_point:
-        raise ValueError(f"{name} must be an integer tensor")
-    bad = (token_type_ids != LANGUAGE_TOKEN_TYPE) & (token_type_ids != VISION_TOKEN_TYPE)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} must hold only {LANGUAGE_TOKEN_TYPE} (language) and {VISION_TOKEN_TYPE} "
-            "(vision)"
-        )
-
-
-def build_position_ids(token_type_ids: torch.Tensor) -> torch.Tensor:
-    """Position ids from token types, the release's rule. [B, S] (or [S]) -> LongTensor, same shape.
-
-    1. The first and the last token of every run of vision tokens (boi and eoi) count as
-       language tokens (a run at the start or end of the sequence included).
-    2. The position advances by one on every language token and on the first vision token after
-       a language token; it is 0 at the first token (a cumulative sum from 0).
-
-    So a frame of 66 tokens between language tokens, after position p, gets boi = p+1, all 64
-    patch tokens p+2, eoi = p+3; a back-to-back run of frames shares one id for its inside.
-    """
-    check_token_types(token_type_ids)
-    squeeze = token_type_ids.dim() == 1
-    t = token_type_ids.unsqueeze(0) if squeeze else token_type_ids
-    if t.dim() != 2:
-        raise ValueError(f"token_type_ids must be [B, S] or [S], got {tuple(token_type_ids.shape)}")
-    vis = t == VISION_TOKEN_TYPE
-    if t.shape[1] == 0:
-        return torch.zeros_like(token_type_ids, dtype=torch.long)
-    lang = ~vis
-    true_col = torch.ones_like(vis[:, :1])
-    prev_lang = torch.cat([true_col, lang[:, :-1]], dim=1)  # a sequence start acts as language
-    next_lang = torch.cat([lang[:, 1:], true_col], dim=1)  # ... and so does its end
-    as_lang = lang | (vis & (prev_lang | next_lang))  # boi and eoi relabelled
-    prev_as_lang = torch.cat([true_col, as_lang[:, :-1]], dim=1)
-    step = as_lang | prev_as_lang  # language, or the first inside-vision token after one
-    step[:, 0] = False
-    pos = step.long().cumsum(dim=1)
-    return pos.squeeze(0) if squeeze else pos
-
-
-def vision_expert_mask(token_type_ids: torch.Tensor) -> torch.Tensor:
-    """[B, S] -> BoolTensor [B, S]: True where a token uses the vision expert.
-
-    A token is routed to the vision expert when it and the next token are vision tokens; the
-    last position of the sequence is always language (it has no next token).
-    """
-    check_token_types(token_type_ids)
-    if token_type_ids.dim() != 2:
-        raise ValueError(f"token_type_ids must be [B, S], got {tuple(token_type_ids.shape)}")
-    vis = token_type_ids == VISION_TOKEN_TYPE
-    mask = torch.zeros_like(vis)
-    mask[:, :-1] = vis[:, :-1] & vis[:, 1:]
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ temp dir) decoded for each of a batch of 8, 24 frames per video (the chat policy
 second). Both models share one set of weights (`FastCogVLM2.from_reference`), so weights count
 once in both peaks. The reference is `CogVLM2ForCausalLM` in eager PyTorch with SDPA attention.
 
-Per model and repetition (after warm-up): decode of the file (`VideoLoader`: DALI on a GPU),
+Per model and repetition (after warm-up), through the pipeline `haic run` uses
+(`pipeline.answer`, one `StageClock`): decode of the file (`VideoLoader`: DALI on a GPU),
 patch embed, vision tower, compress + adapter, prefill, then greedy decode of
 ``new_tokens`` tokens; each stage synchronized. Reported (medians over repetitions):
 
@@ -32,7 +33,21 @@ from typing import Any
 
 import torch
 
-from .results import add_speedups, to_document, write_json
+from ..bench.env import collect_env
+from ..bench.results import add_speedups, to_document, write_json
+from ..bench.roofline import measure_peaks
+from ..models.cogvlm2 import (
+    ByteTokenizer,
+    CogVLM2ForCausalLM,
+    FastCogVLM2,
+    build_prompt,
+    get_config,
+    init_random_weights,
+    stack_prompts,
+)
+from ..video.loader import VideoLoader
+from ..video.synthetic import write_clip
+from .pipeline import StageClock, answer
 
 SUITE = "e2e"
 SIZES = {
@@ -48,8 +63,6 @@ FAST = "fast"
 
 def make_clip(folder: Path, seconds: int, fps: int, width: int, height: int, codec: str) -> Path:
     """The benchmark clip (cached in ``folder`` by its parameters)."""
-    from ..video.synthetic import write_clip
-
     ext = "mp4" if codec == "libx264" else "webm"
     path = folder / f"e2e_{seconds}s_{fps}fps_{width}x{height}_{codec}.{ext}"
     if not path.exists():
@@ -75,8 +88,6 @@ def kv_bytes(config, batch: int, context: float, elem: int) -> float:
 def decode_clip(clip: Path, config, spec: dict[str, Any], device: torch.device):
     """``spec["batch"]`` copies of ``clip`` through `VideoLoader` (DALI on a GPU): the batch, its
     ``frames`` uint8 [B, F, H, W, 3]; RuntimeError if decoding failed."""
-    from ..video.loader import VideoLoader
-
     loader = VideoLoader([str(clip)] * spec["batch"], policy=config.template,
                          num_frames=spec["frames"], size=config.vision.image_size,
                          batch_size=spec["batch"], device=device)  # fmt: skip
@@ -86,33 +97,18 @@ def decode_clip(clip: Path, config, spec: dict[str, Any], device: torch.device):
     return batch
 
 
-def _one_pass(model, kind, config, clip, spec, device, dtype, tokenizer) -> dict[str, Any]:
-    from ..models.cogvlm2 import build_prompt, stack_prompts
-    from ..run_video import _Clock, _greedy, _vision_stages
-
-    clock = _Clock(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def _one_pass(model, config, clip, spec, device, tokenizer) -> dict[str, Any]:
+    clock = StageClock(device)
     with clock.stage("decode video"):
         batch = decode_clip(clip, config, spec, device)
     b, f = batch.frames.shape[:2]
     prompts = [build_prompt(tokenizer, "Describe this video.", f, config) for _ in range(b)]
     ids, types = (t.to(device) for t in stack_prompts(prompts))
-    with torch.inference_mode():
-        frames = batch.frames.reshape(b * f, *batch.frames.shape[2:])
-        embeds = _vision_stages(model, kind, frames, dtype, clock)
-        if kind == FAST:
-            t: dict[str, Any] = {}
-            model.generate(ids, types, vision_embeds=embeds, max_new_tokens=spec["new_tokens"],
-                           eos_token_id=None, timings=t)  # fmt: skip
-            clock.ms["prefill"] = t["prefill_s"] * 1e3
-            clock.ms["decode tokens"] = t["decode_s"] * 1e3
-            steps = int(t["decode_tokens"]) // b  # counted over the batch there
-        else:
-            _, steps = _greedy(model, ids, types, embeds, spec["new_tokens"], None, clock)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"ms": dict(clock.ms), "steps": steps, "peak": peak, "batch": b, "frames": f,
-            "prompt_len": ids.shape[1]}  # fmt: skip
+    frames = batch.frames.reshape(b * f, *batch.frames.shape[2:])
+    res = answer(model, frames, ids, types, max_new_tokens=spec["new_tokens"], eos_token_id=None,
+                 clock=clock)  # fmt: skip
+    return {"ms": dict(clock.ms), "steps": res.decode_steps, "peak": res.peak_mem_bytes,
+            "batch": b, "frames": f, "prompt_len": ids.shape[1]}  # fmt: skip
 
 
 def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -> dict[str, Any]:
@@ -130,8 +126,6 @@ def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -
 def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The reference model with seeded random weights, built directly on ``device`` in ``dtype``
     (the full model in fp32 on the host would need ~50 GB and minutes of copying)."""
-    from ..models.cogvlm2 import CogVLM2ForCausalLM, init_random_weights
-
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -145,8 +139,6 @@ def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.
 def prepare(size: str, sizes: dict[str, dict[str, Any]], device, clip_dir):
     """(spec, device, video-chat config, clip path) for ``size``: the set-up both end-to-end
     benchmarks share. ``device`` None means CUDA when there is one."""
-    from ..models.cogvlm2 import get_config
-
     if size not in sizes:
         raise ValueError(f"size must be one of {tuple(sizes)}, got {size!r}")
     spec = sizes[size]
@@ -163,11 +155,6 @@ def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, rep
             warmup: int = 1, clip_dir: str | Path | None = None,
             progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark; returns the results document (see `bench.results`)."""
-    from ..models.cogvlm2 import ByteTokenizer
-    from ..models.cogvlm2.fast_model import FastCogVLM2
-    from .env import collect_env
-    from .roofline import measure_peaks
-
     spec, device, config, clip = prepare(size, SIZES, device, clip_dir)
     dtype = spec["dtype"]
     reference = random_reference(config, device, dtype)
@@ -181,7 +168,7 @@ def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, rep
         for i in range(warmup + reps):
             if progress:
                 print(f"e2e {size}: {label} pass {i + 1}/{warmup + reps}", flush=True)
-            r = _one_pass(model, kind, config, clip, spec, device, dtype, tokenizer)
+            r = _one_pass(model, config, clip, spec, device, tokenizer)
             if i >= warmup:
                 runs.append(r)
         med = {k: statistics.median(r["ms"][k] for r in runs) for k in runs[0]["ms"]}

@@ -8,7 +8,7 @@ tests for exactness and the evaluation scripts for benchmark accuracy).
 
 Configurations (``FastCogVLM2``'s ``prune=`` option, `haic_kernels.pruning` policy objects):
 unpruned (the baseline), ``Temporal(r)`` and ``TextGuided(r, layer=2)`` at r = 0.25 and 0.10.
-Per configuration and repetition (after warm-up), every stage synchronized (`run_video._Clock`):
+Per configuration and repetition (after warm-up), every stage synchronized (`pipeline.StageClock`):
 
 * ``stage: decode video``: the clip through `VideoLoader` (DALI on a GPU), shared by all;
 * ``stage: vision``: frames -> vision embeds (`FastCogVLM2.encode_frames`), shared by all;
@@ -18,13 +18,13 @@ Per configuration and repetition (after warm-up), every stage synchronized (`run
 * ``pruning overhead``: the model does not time its pruning separately, so the policy's work is
   timed on the same tensors: the layout, the score (temporal: `frame_cosine_scores` inside the
   policy; text-guided: layer K run with ``key_scores`` minus the same layer without), the
-  selection, the compaction (`PruneResult.compact`) and, for text-guided, the routing rebuild.
-  Reported as a fraction of the unpruned LM prefill (target <= 3%);
+  selection, and the compaction (`fast.prune.apply`: the kept rows and their `TokenBatch`, its
+  routing rebuilt). Reported as a fraction of the unpruned LM prefill (target <= 3%);
 * ``decode step``: one greedy step on the pruned KV cache, ``(decode_s(N2) - decode_s(N1)) /
   (N2 - N1)`` of two ``generate`` calls (N1 = 3, N2 = 3 + ``decode_steps``), so the eager first
   step and the CUDA-graph capture cancel; the median over repetitions;
-* ``time to first token``: decode video + ``generate(frames=..., max_new_tokens=1)``'s
-  "prefill_s" (vision tower included): the ceiling pruning the LM alone can reach.
+* ``time to first token``: decode video + the pipeline (`pipeline.answer`, one token: patch
+  embed, vision tower, compress + adapter, prefill): the ceiling pruning the LM alone can reach.
 
 Rows follow `bench.results` (suite "prune_e2e", backend = the configuration, ``unpruned`` the
 baseline so ``speedup_vs_unpruned`` is filled) with extra keys ``ratio_vs_unpruned``,
@@ -43,10 +43,16 @@ from typing import Any
 
 import torch
 
+from ..bench.env import collect_env
+from ..bench.results import add_speedups, to_document, write_json
+from ..bench.roofline import measure_peaks
 from ..constants import VISION_TOKEN_TYPE
+from ..models.cogvlm2 import ByteTokenizer, FastCogVLM2, build_prompt, stack_prompts
+from ..models.cogvlm2.fast.prune import apply, kept_counts
+from ..pruning import IN_LM, Temporal, TextGuided, TokenLayout
 from .e2e import SIZES as E2E_SIZES
 from .e2e import _row, decode_clip, kv_bytes, lm_weight_bytes, prepare, random_reference
-from .results import add_speedups, to_document, write_json
+from .pipeline import StageClock, answer
 
 SUITE = "prune_e2e"
 SIZES = {
@@ -78,8 +84,6 @@ class Config:
 
 def configs(policies=POLICIES, keep_ratios=KEEP_RATIOS, layer: int = TEXT_GUIDED_LAYER):
     """Unpruned first (the baseline), then each policy at each keep ratio."""
-    from ..pruning import Temporal, TextGuided
-
     out = [Config(UNPRUNED, None, "none", 1.0)]
     for kind in policies:
         for r in keep_ratios:
@@ -93,64 +97,45 @@ def configs(policies=POLICIES, keep_ratios=KEEP_RATIOS, layer: int = TEXT_GUIDED
     return out
 
 
-def _routing(cfg, types: torch.Tensor):
-    """The expert routing the fast model builds for ``types`` [B, S] (video model: language
-    expert only, so no vision mask)."""
-    from ..models.cogvlm2.fast import routing_from_mask
-    from ..models.cogvlm2.language import vision_expert_mask
-
-    mask = vision_expert_mask(types) if cfg.vision_expert else None
-    return mask, routing_from_mask(mask, types.numel(), types.device)
-
-
 def _overhead(model, ids, types, embeds, policy, clock) -> dict[str, Any]:
     """Time one policy's layout + score + select + compact on the prefill's own tensors.
 
     Returns {"ms": {piece: ms}, "kept": kept tokens per row after the stage}."""
-    from ..models.cogvlm2.language import build_position_ids
-    from ..pruning import TextGuided, TokenLayout
-
     cfg = model.config
     tpf = cfg.tokens_per_frame
-    vis = types == VISION_TOKEN_TYPE
-    x = model.model.embed_tokens(ids)
+    batch = model.batch(ids, types)
+    x = model.model.embed_tokens(batch.input_ids)
     rows = embeds.reshape(-1, embeds.shape[-1])
-    x = x.index_put((vis,), rows.to(x.dtype))
-    pos = build_position_ids(types)
+    x = x.index_put((batch.token_type_ids == VISION_TOKEN_TYPE,), rows.to(x.dtype))
     ms0 = dict(clock.ms)
     with clock.stage("layout"):
         layout = TokenLayout.from_token_types(types, tpf)
-    if isinstance(policy, TextGuided):
+    if policy.where == IN_LM:
         layer = model.model.layers[policy.layer]
-        mask, route = _routing(cfg, types)
         with clock.stage("layer K without scores"):
-            layer(x, mask, pos, None, routing=route)
+            layer(x, batch)
         with clock.stage("score"):
-            q_rows = policy.query_rows(layout)
-            _, _, scores = layer(x, mask, pos, None, routing=route, key_scores=q_rows)
+            out = layer(x, batch, key_scores=policy.query_rows(layout)[layout.real])
         with clock.stage("select"):
-            res = policy(layout, num_layers=cfg.text.num_layers, lm_scores=scores)
+            scores = out.scores.new_zeros(layout.role.shape)
+            scores[layout.real] = out.scores
+            res = policy(layout, lm_scores=scores, num_layers=cfg.text.num_layers)
     else:
         with clock.stage("score + select"):
             res = policy(layout, vision_embeds=rows.view(-1, tpf, rows.shape[-1]))
+    counts = kept_counts(policy, batch.counts, layout)
     with clock.stage("compact"):
-        c = res.compact(x, token_type_ids=types, position_ids=pos, backend=model.backend)
-    if isinstance(policy, TextGuided):
-        with clock.stage("routing rebuild"):
-            _routing(cfg, c.token_type_ids.view(x.shape[0], -1))
+        apply(res, layout, batch, x, counts, cfg, model.backend)
     ms = {k: v - ms0.get(k, 0.0) for k, v in clock.ms.items() if v != ms0.get(k)}
     if "layer K without scores" in ms:  # the score's cost is what key_scores adds to layer K
         ms["score"] = max(ms.pop("score") - ms.pop("layer K without scores"), 0.0)
-    return {"ms": ms, "kept": int(res.kept_per_sequence[0])}
+    return {"ms": ms, "kept": counts.lengths[0]}
 
 
 def _one_pass(model, cfgs, clip, spec, device, tokenizer) -> dict[str, Any]:
     """One repetition of every configuration; per label: {"ms": {...}, "kept": int}."""
-    from ..models.cogvlm2 import build_prompt, stack_prompts
-    from ..run_video import _Clock
-
     config = model.config
-    clock = _Clock(device)
+    clock = StageClock(device)
     with clock.stage("decode video"):
         batch = decode_clip(clip, config, spec, device)
     b, f = batch.frames.shape[:2]
@@ -175,10 +160,12 @@ def _one_pass(model, cfgs, clip, spec, device, tokenizer) -> dict[str, Any]:
             ms["LM prefill"] = gen(1, vision_embeds=embeds)
             d1, d2 = gen(FIRST_DECODE, vision_embeds=embeds), gen(n2, vision_embeds=embeds)
             ms["decode step"] = max(d2 - d1, 0.0) / spec["decode_steps"]
-            ms["time to first token"] = out["shared"]["decode video"] + gen(1, frames=frames)
+            first = answer(model, frames, ids, types, max_new_tokens=1, eos_token_id=None,
+                           prune=c.policy).clock.ms  # fmt: skip
+            ms["time to first token"] = out["shared"]["decode video"] + sum(first.values())
             kept = ids.shape[1]
             if c.policy is not None:
-                ov = _overhead(model, ids, types, embeds, c.policy, _Clock(device))
+                ov = _overhead(model, ids, types, embeds, c.policy, StageClock(device))
                 ms["pruning overhead"] = sum(ov["ms"].values())
                 ms.update({f"overhead: {k}": v for k, v in ov["ms"].items()})
                 kept = ov["kept"]
@@ -199,11 +186,6 @@ def run_prune_e2e(size: str = "tiny", device: str | torch.device | None = None, 
                   policies=POLICIES, keep_ratios=KEEP_RATIOS,
                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark; returns the results document (see `bench.results`)."""
-    from ..models.cogvlm2 import ByteTokenizer
-    from ..models.cogvlm2.fast_model import FastCogVLM2
-    from .env import collect_env
-    from .roofline import measure_peaks
-
     spec, device, config, clip = prepare(size, SIZES, device, clip_dir)
     dtype = spec["dtype"]
     # Layer 2 as the issue asks; the tiny config has 2 LM layers, so K = 0 there.

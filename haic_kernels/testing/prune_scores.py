@@ -1,9 +1,9 @@
-"""The scores the policies need, computed from the REFERENCE model with eager softmax (oracle).
+"""The scores the pruning policies need, from the REFERENCE model with eager softmax (oracle).
 
-The fast model will get the same numbers from ``attention(..., key_scores=...)`` without ever
+The fast model gets the same numbers from ``attention(..., key_scores=...)`` without ever
 forming the attention matrix; these functions recompute the attention probabilities of one layer
-from forward hooks on the stock modules, so tests and the reference model can run every policy.
-They cost one extra forward.
+from forward hooks on the stock modules, so tests can check the fast model's scores and run
+every policy on the reference. They cost one extra forward.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import math
 
 import torch
 from torch import nn
+
+from haic_kernels.models.cogvlm2.language import apply_rotary, routed
 
 __all__ = ["lm_key_scores_reference", "vision_cls_scores_reference"]
 
@@ -68,8 +70,6 @@ def lm_key_scores_reference(
     finally:
         handle.remove()
     x, vision_mask, position_ids = seen["args"][:3]
-    from haic_kernels.models.cogvlm2.language import apply_rotary, routed
-
     b, s, _ = x.shape
     qkv = routed(
         x,

@@ -13,7 +13,7 @@ def _haic(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the CLI decides for itself
     return subprocess.run(
-        [sys.executable, "-m", "haic_kernels.cli", *args],
+        [sys.executable, "-m", "haic_kernels.app.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -59,7 +59,7 @@ def test_demo_runs_end_to_end_on_the_bundled_clip() -> None:
         "vision tower",
         "compress + adapter",
         "prefill",
-        "generate",
+        "decode tokens",
     ):
         assert stage in out, f"stage {stage!r} missing:\n{out}"
     assert "generated token ids: [" in out

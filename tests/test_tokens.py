@@ -1,4 +1,5 @@
-"""Position ids from token types, and vision-expert routing: the release's rules."""
+"""haic_kernels.tokens: position ids from token types and vision-expert routing (the release's
+rules), for rows [B, S], one sequence [S] and packed sequences [T] with cu_seqlens."""
 
 from __future__ import annotations
 
@@ -9,14 +10,8 @@ import torch
 
 from haic_kernels.constants import LANGUAGE_TOKEN_TYPE as L
 from haic_kernels.constants import VISION_TOKEN_TYPE as V
-from haic_kernels.models.cogvlm2 import (
-    ByteTokenizer,
-    KVCache,
-    build_position_ids,
-    build_prompt,
-    get_config,
-    vision_expert_mask,
-)
+from haic_kernels.models.cogvlm2 import ByteTokenizer, KVCache, build_prompt, get_config
+from haic_kernels.tokens import build_position_ids, vision_expert_mask
 
 
 def positions_by_runs(types: list[int]) -> list[int]:
@@ -185,3 +180,19 @@ def test_routing_mask_random(seed: int) -> None:
     got = vision_expert_mask(torch.tensor(batch))
     for row, t in zip(got.tolist(), batch):
         assert row == routing_by_loop(t), f"seed {seed}"
+
+
+def test_packed_sequences_follow_the_rules_per_sequence(seed: int) -> None:
+    """Packed [T] with cu_seqlens (empty sequences included): each sequence numbered and routed
+    on its own, as if it were alone (a sequence end is an end even when a vision run follows)."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        seqs = [random_types(rng, rng.choice([0, 1, 2, 5, 13])) for _ in range(rng.randint(1, 6))]
+        packed = torch.tensor([t for s in seqs for t in s], dtype=torch.long)
+        cu = torch.tensor([0, *torch.tensor([len(s) for s in seqs]).cumsum(0).tolist()])
+        pos = build_position_ids(packed, cu.to(torch.int32))
+        mask = vision_expert_mask(packed, cu)
+        assert pos.tolist() == [p for s in seqs for p in positions_by_runs(s)], seqs
+        assert mask.tolist() == [m for s in seqs for m in routing_by_loop(s)], seqs
+    with pytest.raises(ValueError, match="packed"):
+        build_position_ids(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 3, 6]))

@@ -1,4 +1,5 @@
-"""`haic run --manifest`: one JSON line per video (answer or error), run as a user would."""
+"""`haic run VIDEO` / `haic run --manifest`: the answer, or one JSON line per video, run as a
+user would."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 pytest.importorskip("av", reason="`haic run` decodes with PyAV / DALI (video extra)")
 
+from haic_kernels.app.common import bundled_clip
 from haic_kernels.video.synthetic import write_clip
 
 
@@ -19,7 +21,7 @@ def _haic(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     return subprocess.run(
-        [sys.executable, "-m", "haic_kernels.cli", *args],
+        [sys.executable, "-m", "haic_kernels.app.cli", *args],
         capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
     )  # fmt: skip
 
@@ -58,13 +60,11 @@ def test_run_bad_manifest_names_the_line(tmp_path: Path) -> None:
 
 # ---- `haic run VIDEO` ------------------------------------------------------------------------
 
-CLIP = Path(__file__).resolve().parents[1] / "haic_kernels" / "assets" / "demo_clip.webm"
+CLIP = bundled_clip()
 
 
 @pytest.mark.parametrize("model", ["reference", "fast"])
 def test_run_video_prints_answer_and_stage_timings(tmp_path: Path, model: str) -> None:
-    if model == "fast":
-        pytest.importorskip("haic_kernels.models.cogvlm2.fast_model")
     out = tmp_path / "row.json"
     r = _haic("run", str(CLIP), "--config", "tiny", "--device", "cpu", "--model", model,
               "--max-new-tokens", "3", "--prompt", "What moves?", "--output", str(out),
@@ -80,7 +80,6 @@ def test_run_video_prints_answer_and_stage_timings(tmp_path: Path, model: str) -
 
 
 def test_run_video_same_tokens_fast_and_reference(tmp_path: Path) -> None:
-    pytest.importorskip("haic_kernels.models.cogvlm2.fast_model")
     ids = {}
     for model in ("reference", "fast"):
         out = tmp_path / f"{model}.json"

@@ -1,4 +1,5 @@
-"""`haic parity`: the fast model against the reference and a float64 oracle, stage by stage."""
+"""`haic parity` (app/parity.py) and its engine (testing/model_parity.py): the fast model against
+the reference and a float64 oracle, stage by stage."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from haic_kernels import cli, parity
+from haic_kernels.app import cli
 from haic_kernels.models.cogvlm2 import get_config
+from haic_kernels.testing import model_parity as parity
 
 
 def _haic(*args: str, cwd: Path, interpret: bool = False) -> subprocess.CompletedProcess:
@@ -21,15 +23,9 @@ def _haic(*args: str, cwd: Path, interpret: bool = False) -> subprocess.Complete
     if not interpret:  # the torch backends need no Triton interpreter (it slows imports)
         env.pop("TRITON_INTERPRET", None)
     return subprocess.run(
-        [sys.executable, "-m", "haic_kernels.cli", *args],
+        [sys.executable, "-m", "haic_kernels.app.cli", *args],
         capture_output=True, text=True, timeout=300, env=env, cwd=cwd,
     )  # fmt: skip
-
-
-def _fast_model_or_skip() -> None:
-    pytest.importorskip(
-        "haic_kernels.models.cogvlm2.fast_model", reason="the fast model is not importable"
-    )
 
 
 def _copy_factory(noise_at: str | None = None, scale: float = 1e-3):
@@ -53,7 +49,6 @@ def _copy_factory(noise_at: str | None = None, scale: float = 1e-3):
 
 def test_parity_cli_tiny_passes_for_every_variant(tmp_path: Path) -> None:
     """CI's check: chat and base layouts and the image variant, fp32 on the CPU."""
-    _fast_model_or_skip()
     out = tmp_path / "parity.json"
     r = _haic("parity", "--config", "tiny", "--device", "cpu", "--prompts", "2",
               "--max-new-tokens", "3", "--json", str(out), cwd=tmp_path)  # fmt: skip
@@ -119,8 +114,7 @@ def test_parity_inputs_and_stage_list() -> None:
 @pytest.mark.slow
 def test_parity_with_the_triton_backend(tmp_path: Path) -> None:
     """The Triton kernels (interpreter on the CPU) against the reference, video-chat."""
-    _fast_model_or_skip()
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="the Triton backend needs triton installed")
     r = _haic("parity", "--config", "tiny", "--variant", "video-chat", "--device", "cpu",
               "--backend", "triton", "--prompts", "1", "--max-new-tokens", "2", "--no-video",
               cwd=tmp_path, interpret=True)  # fmt: skip
