@@ -248,12 +248,30 @@ def test_rope_op_release_is_the_release_bit_for_bit(seed, monkeypatch, backend, 
     q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, rope_precision="release",
                        backend=backend)  # fmt: skip
     qs, ks, vs = qkv.view(t, hq + 2 * hkv, d).split([hq, hkv, hkv], dim=1)
-    assert torch.equal(q, _release_rope(qs, pos, cos_c, sin_c))
-    assert torch.equal(k, _release_rope(ks, pos, cos_c, sin_c))
+    _assert_release(q, _release_rope(qs, pos, cos_c, sin_c), backend)
+    _assert_release(k, _release_rope(ks, pos, cos_c, sin_c), backend)
     assert torch.equal(v, vs)
     x = torch.randn(1, t, 3, d).to(dtype)
     got = apply_rope(x, pos.view(1, t), rope_precision="release", backend=backend)
-    assert torch.equal(got[0], _release_rope(x[0], pos, cos_c, sin_c))
+    _assert_release(got[0], _release_rope(x[0], pos, cos_c, sin_c), backend)
+    # ... and the fp32 angles are far from it: positions above 2048 round in fp16/bf16
+    fp32 = apply_rope(x, pos.view(1, t), rope_precision="fp32", backend=backend)
+    assert (fp32 != got).float().mean() > 0.1
+
+
+def _assert_release(got, want, backend):
+    """The torch backend is the release bit for bit. Triton's angles are the release's bit for
+    bit too, but its fp32 cos/sin (numpy's in the interpreter, libdevice's on a GPU) is not
+    torch's to the last bit, and that bit can flip the rounding of cos/sin to x's dtype: so an
+    element may be one ulp of x's dtype off, and only rarely (seen: 4 of 307,200)."""
+    if backend == "torch":
+        assert torch.equal(got, want)
+        return
+    ulp = torch.finfo(got.dtype).eps
+    bad = got != want
+    assert bad.float().mean() < 1e-3, f"{int(bad.sum())} of {bad.numel()} elements differ"
+    diff = (got.float() - want.float()).abs()
+    assert (diff <= 2 * ulp * want.float().abs().clamp_min(1.0)).all(), float(diff.max())
 
 
 @pytest.mark.parametrize("backend", _backends())
