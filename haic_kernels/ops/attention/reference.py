@@ -2,7 +2,9 @@
 
 Materializes the ``[H, Sq, Sk]`` logits of one sequence at a time, so it is for tests and small
 shapes. The mask is built from ``tril`` and an id-equality matrix, independently of the index
-arithmetic of the fast kernels.
+arithmetic of the fast kernels. Non-finite values follow `haic_kernels.attention`'s rule: a
+hidden key contributes nothing whatever it holds; a visible non-finite V entry makes that output
+entry NaN, a visible non-finite logit the whole row.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ def _one_sequence(q, k, v, causal, ids, chosen, scale, compute_dtype):
     seen = torch.isfinite(lse)
     probs = torch.exp(logits - torch.where(seen, lse, 0)[..., None])
     probs = torch.where(seen[..., None] & mask, probs, 0)
-    out = torch.einsum("hij,jhd->ihd", probs, vc)
+    # 0 * NaN is NaN: multiply by the finite part of V only, then mark the entries a visible
+    # non-finite value reaches.
+    bad = ~torch.isfinite(vc)
+    out = torch.einsum("hij,jhd->ihd", probs, vc.masked_fill(bad, 0))
+    reached = torch.einsum("ij,jhd->ihd", mask.to(compute_dtype), bad.to(compute_dtype)) > 0
+    out = out.masked_fill(reached, float("nan"))
     mass = None
     if chosen is not None:
         mass = (probs * chosen[None, :, None].to(probs.dtype)).sum(dim=(0, 1))

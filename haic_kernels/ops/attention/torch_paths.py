@@ -1,10 +1,15 @@
-"""The "sdpa" and "flash_attn" backends: library kernels behind the same contract.
+"""The "sdpa" and "flash_attn" backends, and the PyTorch path of `attention_with_kvcache`:
+library kernels behind the same contract.
 
 "sdpa" runs torch's F.scaled_dot_product_attention (its flash / memory-efficient kernels where
 the mask allows), with explicit boolean masks for bottom-right causal, block_ids and the
 sequences of a packed batch; lse and key scores come from an explicit PyTorch pass over the
 logits, one head at a time. "flash_attn" calls flash-attn (no block_ids, no key scores).
-Never imports the reference.
+
+Library kernels multiply the hidden keys' zero probabilities by their values, and 0 * NaN is
+NaN: K and V go in with their non-finite entries zeroed, and the outputs that a visible
+non-finite entry reaches are marked NaN afterwards (`_mark_packed`, `_mark_masked`), which
+gives every backend the same value semantics. Never imports the reference.
 """
 
 from __future__ import annotations
@@ -12,7 +17,77 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_flash_attn", "attention_sdpa"]
+__all__ = ["attention_flash_attn", "attention_kvcache_torch", "attention_sdpa"]
+
+_NAN = float("nan")
+
+
+def _finite_kv(k, v):
+    """(k, v with non-finite entries zeroed, bad key rows [.., Hkv], bad V entries [.., Hkv, D])."""
+    bad_k, bad_v = ~torch.isfinite(k), ~torch.isfinite(v)
+    return k.masked_fill(bad_k, 0), v.masked_fill(bad_v, 0), bad_k.any(-1), bad_v
+
+
+def _mark_masked(out, vis, bad_k, bad_v):
+    """out [B, Sq, Hq, D], vis bool [B, Sq, Sk]: NaN where a visible key has a non-finite K row
+    (the whole row of that head group) or V entry (that entry)."""
+    b, sq, hq, d = out.shape
+    hkv = bad_k.shape[-1]
+    visf = vis.to(torch.float32)
+    hit_v = torch.bmm(visf, bad_v.reshape(b, -1, hkv * d).to(torch.float32)) > 0
+    hit_k = torch.bmm(visf, bad_k.to(torch.float32)) > 0
+    hit = hit_v.view(b, sq, hkv, 1, d) | hit_k.view(b, sq, hkv, 1, 1)
+    return out.view(b, sq, hkv, hq // hkv, d).masked_fill(hit, _NAN).view(out.shape)
+
+
+def _mark_packed(out, bad_k, bad_v, cu_q, cu_k, causal: bool):
+    """`_mark_masked` for causal (bottom-right) or full masks without building one: out
+    [Tq, Hq, D], bad_k [Tk, Hkv], bad_v [Tk, Hkv, D], int cu_q / cu_k [B+1]. Row i of a
+    sequence sees key j iff j - (Lk - Lq) <= i (causal), always (full); so per sequence the
+    smallest such threshold over its bad keys decides which rows a bad entry reaches."""
+    tq, hq, d = out.shape
+    tk, hkv = bad_k.shape
+    dev = out.device
+    cu_q, cu_k = cu_q.long(), cu_k.long()
+    batch = cu_q.numel() - 1
+    if batch <= 0 or tq == 0 or tk == 0:
+        return out
+    seq_k = torch.searchsorted(cu_k[1:], torch.arange(tk, device=dev), right=True).clamp(
+        max=batch - 1
+    )
+    seq_q = torch.searchsorted(cu_q[1:], torch.arange(tq, device=dev), right=True).clamp(
+        max=batch - 1
+    )
+    big = tq + tk + 1
+    if causal:
+        shift = (cu_k[1:] - cu_k[:-1]) - (cu_q[1:] - cu_q[:-1])
+        first_row = torch.arange(tk, device=dev) - cu_k[seq_k] - shift[seq_k]  # [Tk]
+    else:
+        first_row = torch.full((tk,), -big, device=dev, dtype=torch.long)
+
+    def earliest(bad: torch.Tensor) -> torch.Tensor:  # [Tk, W] -> [B, W]
+        w = bad.shape[1]
+        vals = torch.where(bad, first_row[:, None], big)
+        init = torch.full((batch, w), big, device=dev, dtype=torch.long)
+        return init.scatter_reduce(0, seq_k[:, None].expand(-1, w), vals, "amin")
+
+    row = (torch.arange(tq, device=dev) - cu_q[seq_q])[:, None]
+    hit_v = earliest(bad_v.reshape(tk, hkv * d))[seq_q] <= row  # [Tq, Hkv * D]
+    hit_k = earliest(bad_k)[seq_q] <= row  # [Tq, Hkv]
+    hit = hit_v.view(tq, hkv, 1, d) | hit_k.view(tq, hkv, 1, 1)
+    return out.view(tq, hkv, hq // hkv, d).masked_fill(hit, _NAN).view(out.shape)
+
+
+def _mark_padded(out, bad_k, bad_v, causal: bool):
+    """`_mark_packed` for the padded layout: out [B, Sq, Hq, D], bad_k [B, Sk, Hkv], ..."""
+    b, sq = out.shape[:2]
+    sk = bad_k.shape[1]
+    ar = torch.arange(b + 1, device=out.device)
+    marked = _mark_packed(
+        out.reshape(b * sq, *out.shape[2:]), bad_k.reshape(b * sk, -1),
+        bad_v.reshape(b * sk, *bad_v.shape[2:]), ar * sq, ar * sk, causal,
+    )  # fmt: skip
+    return marked.view(out.shape)
 
 
 def _mask(sq: int, sk: int, causal: bool, ids: torch.Tensor | None, device) -> torch.Tensor | None:
@@ -53,6 +128,8 @@ def _stats(q, k, mask, scale, chosen, need_lse):
 def _padded(q, k, v, causal, ids, chosen, scale, need_lse):
     """q [B, Sq, Hq, D], k/v [B, Sk, Hkv, D] -> out, lse [B, Hq, Sq] | None, scores | None."""
     sq, sk = q.shape[1], k.shape[1]
+    k_in = k  # the statistics mask hidden logits themselves (masked_fill overwrites them)
+    k, v, bad_k, bad_v = _finite_kv(k, v)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     mask = None
     plain_causal = causal and ids is None and sq == sk
@@ -66,12 +143,17 @@ def _padded(q, k, v, causal, ids, chosen, scale, need_lse):
     if mask is not None:  # rows that see no key come back NaN from sdpa; the contract says 0
         out = torch.where(mask.any(-1, keepdim=True), out, 0)
     out = out.transpose(1, 2).contiguous()
+    if ids is not None:
+        vis = mask.expand(q.shape[0], 1, sq, sk)[:, 0]
+        out = _mark_masked(out, vis, bad_k, bad_v)
+    else:
+        out = _mark_padded(out, bad_k, bad_v, causal)
     lse = scores = None
     if need_lse or chosen is not None:
         if plain_causal:
             mask = _mask(sq, sk, True, None, q.device)
         sel = None if chosen is None else chosen.float()
-        lse, mass = _stats(qt, kt, mask, scale, sel, need_lse)
+        lse, mass = _stats(qt, k_in.transpose(1, 2), mask, scale, sel, need_lse)
         if mass is not None:
             n = sel.sum(1, keepdim=True) * q.shape[2]
             scores = torch.where(n > 0, mass / n.clamp_min(1), 0)
@@ -107,21 +189,42 @@ def attention_sdpa(
     return out, (lse if need_lse else None), scores
 
 
-def attention_flash_attn(q, k, v, cu_seqlens, cu_seqlens_k, max_seqlen, causal: bool, scale):
+def attention_flash_attn(q, k, v, cu_seqlens, cu_seqlens_k, max_q, max_k, causal: bool, scale):
     """``(out, lse)`` from flash-attn (lse [B, Hq, Sq], packed [Hq, Tq], fp32)."""
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
+    k, v, bad_k, bad_v = _finite_kv(k, v)
     if cu_seqlens is None:
         res = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_attn_probs=True)
+        out = _mark_padded(res[0], bad_k, bad_v, causal)
     else:
         cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
-        max_q = int(cu_seqlens.diff().max()) if max_seqlen is None else max_seqlen
-        max_k = int(cu_k.diff().max())
         res = flash_attn_varlen_func(
-            q, k, v, cu_seqlens, cu_k, max_q, max_k, softmax_scale=scale, causal=causal,
-            return_attn_probs=True,
+            q, k, v, cu_seqlens, cu_k, max(max_q, 1), max(max_k, 1), softmax_scale=scale,
+            causal=causal, return_attn_probs=True,
         )  # fmt: skip
-    out, lse = res[0], res[1]
+        out = _mark_packed(res[0], bad_k, bad_v, cu_seqlens, cu_k, causal)
     # flash-attn marks rows that see no key with +inf; the contract says -inf.
+    lse = res[1]
     lse = torch.where(torch.isposinf(lse), float("-inf"), lse.float())
     return out, lse
+
+
+def attention_kvcache_torch(q, k_cache, v_cache, seqlens, causal: bool, scale: float):
+    """`attention_with_kvcache` in PyTorch: q [B, Sq, Hq, D] against the first ``seqlens[b]``
+    rows of the caches [B, S, Hkv, D] (bottom-right causal); no host sync."""
+    b, sq = q.shape[:2]
+    s = k_cache.shape[1]
+    lens = seqlens.long().clamp(0, s)[:, None, None]
+    j = torch.arange(s, device=q.device)[None, None, :]
+    vis = (j < lens).expand(b, sq, s)
+    if causal:
+        i = torch.arange(sq, device=q.device)[None, :, None]
+        vis = vis & (j <= i + lens - sq)
+    k, v, bad_k, bad_v = _finite_kv(k_cache, v_cache)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=vis[:, None],
+        scale=scale, enable_gqa=q.shape[2] != k.shape[2],
+    ).transpose(1, 2)  # fmt: skip
+    out = torch.where(vis.any(-1)[:, :, None, None], out, 0).contiguous()
+    return _mark_masked(out, vis, bad_k, bad_v)

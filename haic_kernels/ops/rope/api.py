@@ -6,9 +6,21 @@ Backends are imported lazily, on first use.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from haic_kernels.ops._common import check_int, check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import (
+    check_bool,
+    check_float,
+    check_int,
+    check_no_grad,
+    check_same_device,
+    check_tensor,
+    check_values,
+    new_output,
+    resolve_backend,
+)
 
 __all__ = ["BACKENDS", "DTYPES", "apply_rope", "inv_freq", "rope_qkv"]
 
@@ -46,9 +58,10 @@ def rope_qkv(
         qkv: ``[T, W]`` or ``[B, S, W]``, ``W = (Hq + 2 Hkv) * D`` laid out ``[q | k | v]``
             with heads ``h*D .. h*D + D - 1`` inside each part (CogVLM's
             ``language_expert_query_key_value`` output); float32/16, bfloat16; unit last stride.
-        position_ids: integer ``[T]`` or ``[B, S]`` (matching qkv's leading dims), >= 0.
+        position_ids: integer ``[T]`` or ``[B, S]`` (matching qkv's leading dims), >= 0
+            (checked: eagerly on CPU, by an asynchronous device assert on CUDA).
         num_heads, num_kv_heads: Hq and Hkv; D = W / (Hq + 2 Hkv) must be even.
-        theta: RoPE base (500000 for Llama-3 / CogVLM2).
+        theta: RoPE base (500000 for Llama-3 / CogVLM2), finite and > 0.
         interleaved: pairs ``(2i, 2i+1)`` instead of rotate-half ``(i, i + D/2)``.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (``auto``: Triton for CUDA tensors where
             verified, else PyTorch).
@@ -112,10 +125,8 @@ def _run(
 ) -> list[torch.Tensor]:
     if d % 2 or d == 0:
         raise ValueError(f"head dim: expected an even head dim >= 2, got {d}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise ValueError(f"theta: expected a positive number, got {theta!r}")
-    if not isinstance(interleaved, bool):
-        raise TypeError(f"interleaved: expected a bool, got {interleaved!r}")
+    theta = check_float("theta", theta, positive=True)
+    check_bool("interleaved", interleaved)
     check_tensor("position_ids", position_ids, dtypes=_INT_DTYPES)
     lead = tuple(x.shape[:-1])
     if tuple(position_ids.shape) != lead:
@@ -124,20 +135,16 @@ def _run(
             f"{tuple(position_ids.shape)}"
         )
     check_same_device(input=x, position_ids=position_ids)
-    if torch.is_grad_enabled() and x.requires_grad:
-        raise RuntimeError("rope has no backward: call it under torch.no_grad() / inference_mode")
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    check_values(position_ids >= 0, "position_ids: expected positions >= 0")
+    check_no_grad("rope", input=x)
+    x2 = check_tensor("input", x.reshape(-1, x.shape[-1]), layout="rows")
     pos = position_ids.reshape(-1).contiguous()
     chosen = resolve_backend("rope", backend, x.device, choices=CHOICES, auto_order=("triton",))
+    # The largest frequency, theta^-((D-2)/D), must be finite in fp32 (theta < 1 can overflow).
+    if -(d - 2) / d * math.log(theta) >= math.log(torch.finfo(torch.float32).max):
+        raise ValueError(f"theta: {theta!r} gives non-finite frequencies 1/theta^(2i/D) in fp32")
     freqs = inv_freq(theta, d, x.device)
     return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, chosen)
-
-
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @torch.library.custom_op("haic_kernels::rope", mutates_args=())
@@ -159,7 +166,7 @@ def _rope_op(
         from haic_kernels.ops.rope.triton import rope_triton
 
         d = 2 * inv_freq.shape[0]
-        outs = [_new_output((x.shape[0], h, d), x.dtype, x.device) for h in heads]
+        outs = [new_output((x.shape[0], h, d), x.dtype, x.device) for h in heads]
         rope_triton(x, position_ids, inv_freq, outs, rotate, interleaved)
         return outs
     raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
