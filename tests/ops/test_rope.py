@@ -8,7 +8,7 @@ import torch
 
 from haic_kernels.models.cogvlm2.language import RotaryEmbedding, apply_rotary
 from haic_kernels.ops.rope import api, apply_rope, rope_qkv
-from haic_kernels.testing import assert_parity, poison_
+from haic_kernels.testing import assert_parity
 from tests._triton import triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
@@ -17,14 +17,6 @@ THETA = 500000.0
 
 def _backends():
     return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
-
-
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
 
 
 def _oracle(x, pos, interleaved, theta=THETA):
@@ -59,8 +51,7 @@ IDS = [f"B{b}-S{s}-H{hq}.{hkv}-D{d}" for b, s, hq, hkv, d in SHAPES]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("b", "s", "hq", "hkv", "d"), SHAPES, ids=IDS)
 @pytest.mark.parametrize("backend", _backends())
-def test_rope_qkv_parity(seed, monkeypatch, backend, b, s, hq, hkv, d, dtype, interleaved):
-    _poison_outputs(monkeypatch)
+def test_rope_qkv_parity(seed, poison_outputs, backend, b, s, hq, hkv, d, dtype, interleaved):
     qkv = torch.randn(b, s, (hq + 2 * hkv) * d).to(dtype)
     pos = torch.randint(0, 9000, (b, s))
     q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,
@@ -78,8 +69,7 @@ def test_rope_qkv_parity(seed, monkeypatch, backend, b, s, hq, hkv, d, dtype, in
 
 
 @pytest.mark.parametrize("backend", _backends())
-def test_apply_rope_packed_and_strided(seed, monkeypatch, backend):
-    _poison_outputs(monkeypatch)
+def test_apply_rope_packed_and_strided(seed, poison_outputs, backend):
     t, h, d = 23, 3, 64
     big = torch.randn(t, h, 2 * d)
     x = big[..., :d]  # head rows strided: goes through a contiguous copy
@@ -159,8 +149,7 @@ def test_torch_compile_fullgraph(seed):
     ("t", "hq", "hkv", "d"),
     [(1, 32, 8, 128), (8192, 32, 8, 128), (1025, 8, 2, 128), (97, 4, 4, 64)],
 )
-def test_gpu_parity(seed, monkeypatch, t, hq, hkv, d, dtype, interleaved):  # fmt: skip
-    _poison_outputs(monkeypatch)
+def test_gpu_parity(seed, poison_outputs, t, hq, hkv, d, dtype, interleaved):  # fmt: skip
     qkv = torch.randn(1, t, (hq + 2 * hkv) * d, device="cuda").to(dtype)
     pos = torch.randint(0, 8192, (1, t), device="cuda")
     q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,

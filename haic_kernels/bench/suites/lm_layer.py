@@ -97,9 +97,10 @@ def _factory(preset, variant, frames, per_frame, tail, dtype) -> Callable[..., t
         x = torch.randn(1, tt.shape[1], cfg.text.hidden_size, device=device).to(dtype)
         pos = build_position_ids(tt)
         if cfg.vision_expert:
-            mask, route = vision_expert_mask(tt), Routing.from_token_types(tt)
+            mask = vision_expert_mask(tt)
+            route = Routing.from_vision_mask(mask)
         else:
-            mask, route = None, Routing.from_token_types(tt, num_experts=1)
+            mask, route = None, Routing.from_vision_mask(None, num_tokens=tt.numel(), device=device)
         return x, mask, pos, route
 
     return make_inputs
