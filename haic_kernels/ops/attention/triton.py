@@ -72,20 +72,25 @@ def _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL: tl.constexpr, HAS_I
 
 @triton.jit
 def _fwd_tile(
-    acc, l_i, m_i, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
+    acc, l_i, m_i, nf, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
     stride_vt, qk_scale, D,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded)."""
+    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded).
+    ``nf`` [BLOCK_M] counts, per row, the visible keys whose K row holds NaN/Inf."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+    k_bad = tl.max(((k != k) | (tl.abs(k) == float("inf"))).to(tl.int32), 1)  # [BLOCK_N]
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         vis = _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL, HAS_IDS)
         s = tl.where(vis, s, float("-inf"))  # overwrites: a hidden key's NaN logit is gone
+        nf += tl.sum(tl.where(vis, k_bad[None, :], 0), 1)
+    else:
+        nf += tl.sum(k_bad, 0)  # every key of the tile is visible to every row
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Rows that have seen no key yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -108,7 +113,7 @@ def _fwd_tile(
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
     else:
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
-    return acc, l_i, m_new
+    return acc, l_i, m_new, nf
 
 
 @triton.jit
@@ -153,15 +158,16 @@ def _fwd_block(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    nf = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start_n in range(0, full_end, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+        acc, l_i, m_i, nf = _fwd_tile(
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
             stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, False, CAUSAL, HAS_IDS,
             PRECISION,
         )  # fmt: skip
     for start_n in range(full_end, diag_end, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+        acc, l_i, m_i, nf = _fwd_tile(
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
             stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL, HAS_IDS,
             PRECISION,
         )  # fmt: skip
@@ -173,14 +179,21 @@ def _fwd_block(
             ids_k = tl.load(ids_base + cols, mask=cols < len_k, other=-2)
             hit = (ids_q[:, None] == ids_k[None, :]) & (ids_q[:, None] >= 0)
             if tl.max(hit.to(tl.int32)) > 0:
-                acc, l_i, m_i = _fwd_tile(
-                    acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
+                acc, l_i, m_i, nf = _fwd_tile(
+                    acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
                     off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL,
                     HAS_IDS, PRECISION,
                 )  # fmt: skip
 
     empty = l_i == 0.0  # a row that sees no key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    # The non-finite rule: a row that sees a key is NaN when its q or a visible K row is bad.
+    q_bad = tl.max(((q != q) | (tl.abs(q) == float("inf"))).to(tl.int32), 1) > 0
+    sees = (len_k > 0) & (rows + off >= 0)
+    if not CAUSAL:
+        sees = len_k > 0
+    bad = (nf > 0) | (q_bad & sees)
+    out = tl.where(bad[:, None], float("nan"), out)
     o_base = o_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_ot
     tl.store(
         o_base + rows[:, None] * stride_ot + offs_d[None, :],
@@ -190,6 +203,7 @@ def _fwd_block(
     if STORE_LSE:
         lse = (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # ln 2
         lse = tl.where(empty, float("-inf"), lse)
+        lse = tl.where(bad, float("nan"), lse)
         l_base = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start
         tl.store(l_base + rows, lse, mask=row_ok)
 
