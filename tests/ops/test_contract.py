@@ -202,6 +202,7 @@ def test_routing_out_of_range_perm_in_a_subprocess():
 # ---- value semantics ---------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN inputs
 @pytest.mark.parametrize(
     "backend", ["torch", "sdpa", pytest.param("triton", marks=needs_triton_cpu)]
 )
@@ -220,6 +221,7 @@ def _same_non_finite(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     torch.testing.assert_close(a[fa], b[fb], atol=1e-5, rtol=1e-5, msg=what)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN inputs
 @needs_triton_cpu
 @pytest.mark.parametrize("packed", [False, True])
 def test_non_finite_values_agree_across_backends(seed, packed):
@@ -300,3 +302,15 @@ def test_all_meta_inputs_propagate_shapes():
                        cu_seqlens=meta(3, dtype=torch.int32))  # fmt: skip
     assert out.shape == (10, 2, 64) and out.device.type == "meta"
     assert hk.conv_compress(meta(2, 17, 8), meta(6, 8, 2, 2), None, grid=4).shape == (2, 4, 6)
+    u8 = meta(2, 28, 28, 3, dtype=torch.uint8)
+    assert hk.patchify(u8).shape == (2, 4, 588)
+    assert hk.patch_embed(u8, meta(8, 3, 14, 14), meta(8), meta(8), meta(5, 8)).shape == (2, 5, 8)
+    route = hk.Routing.from_expert_ids(meta(6, dtype=torch.long), 2)
+    assert hk.expert_linear(meta(6, 4), [meta(5, 4), meta(5, 4)], None, route).shape == (6, 5)
+    i32 = torch.int32
+    assert tp.segment_topk(meta(6), meta(3, dtype=i32), meta(2, dtype=i32)).shape == (6,)
+    assert tp.gather_rows(meta(6, 3), meta(2, dtype=torch.long)).shape == (2, 3)
+    assert tp.merge_weighted(meta(2, 3, 4), meta(2, 3, dtype=torch.long))[0].shape == (2, 3, 4)
+    q, cache, new = meta(2, 1, 4, 64), meta(2, 8, 2, 64), meta(2, 1, 2, 64)
+    out = hk.attention_with_kvcache(q, cache, cache, meta(2, dtype=i32), k=new, v=new)
+    assert out.shape == q.shape and out.device.type == "meta"

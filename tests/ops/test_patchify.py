@@ -246,11 +246,6 @@ def test_auto_on_cpu_is_torch(seed):
     assert torch.equal(patchify(frames), patchify(frames, backend="torch"))
 
 
-def test_no_gradient_path():
-    out = patchify(_ok())
-    assert not out.requires_grad and out.grad_fn is None
-
-
 # ---- torch.library registration ----------------------------------------------------------------
 
 

@@ -97,7 +97,7 @@ def _reach_padded(bad_q, bad_k, bad_v, causal: bool):
     row, entry = _reach_packed(
         bad_q.flatten(0, 1), bad_k.flatten(0, 1), bad_v.flatten(0, 1), ar * sq, ar * sk, causal
     )
-    return row.view(b, sq, -1), entry.view(b, sq, *entry.shape[1:])
+    return row.view(b, sq, row.shape[-1]), entry.view(b, sq, *entry.shape[1:])
 
 
 def _poison(out, row, entry):

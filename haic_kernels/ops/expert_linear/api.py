@@ -6,6 +6,7 @@ custom op and its dispatch table live in ops.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -63,7 +64,7 @@ def expert_linear(
     if not isinstance(route, Routing):
         raise TypeError(f"route: expected a haic_kernels.Routing, got {type(route).__name__}")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(lead), x.shape[-1])  # not -1: T = 0 with K = 0 is ambiguous
     t = x2.shape[0]
     if route.num_tokens != t:
         raise ValueError(

@@ -123,8 +123,9 @@ def _run(
     interleaved: bool,
     backend: str,
 ) -> list[torch.Tensor]:
+    name = "qkv" if len(heads) == 3 else "x"  # the caller's argument: rope_qkv's 3 groups, or x
     if d % 2 or d == 0:
-        raise ValueError(f"head dim: expected an even head dim >= 2, got {d}")
+        raise ValueError(f"{name}: expected an even head dim >= 2, got {d}")
     theta = check_float("theta", theta, positive=True)
     check_bool("interleaved", interleaved)
     check_tensor("position_ids", position_ids, dtypes=_INT_DTYPES)
@@ -134,10 +135,10 @@ def _run(
             f"position_ids: expected shape {lead} (the leading dims of the input), got "
             f"{tuple(position_ids.shape)}"
         )
-    check_same_device(input=x, position_ids=position_ids)
+    check_same_device(**{name: x}, position_ids=position_ids)
     check_values(position_ids >= 0, "position_ids: expected positions >= 0")
-    check_no_grad("rope", input=x)
-    x2 = check_tensor("input", x.reshape(-1, x.shape[-1]), layout="rows")
+    check_no_grad("rope", **{name: x})
+    x2 = check_tensor(name, x.reshape(math.prod(lead), x.shape[-1]), layout="rows")
     pos = position_ids.reshape(-1).contiguous()
     chosen = resolve_backend("rope", backend, x.device, choices=CHOICES, auto_order=("triton",))
     # The largest frequency, theta^-((D-2)/D), must be finite in fp32 (theta < 1 can overflow).

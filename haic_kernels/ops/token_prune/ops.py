@@ -137,7 +137,10 @@ def _gather_triton(x, index):
     nbytes = width * x.element_size()
     if x.shape[0] == 0 or index.shape[0] == 0 or nbytes == 0:
         return out
-    flat, oflat = x.reshape(x.shape[0], width), out.view(out.shape[0], width)
+    # Canonical strides: a contiguous tensor may carry any stride on a size-1 dim, which
+    # view(dtype) refuses.
+    flat = x.as_strided((x.shape[0], width), (width, 1))
+    oflat = out.as_strided((out.shape[0], width), (width, 1))
     # Rows as raw words: one kernel for every dtype (bool, ints, floats); 4-byte words when the
     # row allows, bytes otherwise.
     word = torch.int32 if nbytes % 4 == 0 else torch.uint8
