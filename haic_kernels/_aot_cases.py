@@ -153,18 +153,21 @@ def rope_cases() -> Iterator[Case]:
 
     for dt in FLOATS:
         for interleaved in (False, True):
-            ptrs = ("x_ptr", "out0_ptr", "out1_ptr", "out2_ptr")
-            types = {p: PTR[dt] for p in ptrs}
-            types.update(pos_ptr="*i64", inv_freq_ptr="*fp32")
-            # Llama-3-8B QKV: 32 q heads, 8 k, 8 v of D=128 -> HALF 64, H_P2 32.
-            consts = dict(
-                HALF=64, HALF_P2=64, H_P2=32, ROT0=True, ROT1=True, ROT2=False,
-                ROUND=dt != "fp32", INTERLEAVED=interleaved,
-            )  # fmt: skip
-            yield _case(
-                "rope", "_rope_fwd_kernel", f"{dt},interleaved={interleaved}", types, consts,
-                warps=m._NUM_WARPS, quick=not interleaved or dt == "bf16",
-            )  # fmt: skip
+            # rope_precision="release" (low-precision angles) is the model's rotate-half path
+            for release in (False, True) if dt != "fp32" and not interleaved else (False,):
+                ptrs = ("x_ptr", "out0_ptr", "out1_ptr", "out2_ptr")
+                types = {p: PTR[dt] for p in ptrs}
+                types.update(pos_ptr="*i64", inv_freq_ptr="*fp32")
+                # Llama-3-8B QKV: 32 q heads, 8 k, 8 v of D=128 -> HALF 64, H_P2 32.
+                consts = dict(
+                    HALF=64, HALF_P2=64, H_P2=32, ROT0=True, ROT1=True, ROT2=False,
+                    ROUND=dt != "fp32", INTERLEAVED=interleaved, RELEASE=release,
+                )  # fmt: skip
+                yield _case(
+                    "rope", "_rope_fwd_kernel",
+                    f"{dt},interleaved={interleaved},release={release}", types, consts,
+                    warps=m._NUM_WARPS, quick=not interleaved or dt == "bf16",
+                )  # fmt: skip
 
 
 def token_prune_cases() -> Iterator[Case]:

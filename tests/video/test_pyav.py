@@ -11,7 +11,6 @@ import torch
 av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
 
 from haic_kernels.video import VideoDecodeError, decode_frames, load_video, probe_video  # noqa: E402
-from haic_kernels.video.frames import resize_short_side_center_crop  # noqa: E402
 from haic_kernels.video.synthetic import read_index, write_clip  # noqa: E402
 
 CODECS = ["libvpx-vp9", "libx264", "mjpeg"]
@@ -62,17 +61,3 @@ def test_bad_files(tmp_path: Path, clip: Path) -> None:
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoDecodeError, match=r"junk\.mp4"):
         probe_video(junk)
-
-
-def test_resize_crop_against_interpolate() -> None:
-    g = torch.Generator().manual_seed(7)
-    frames = torch.randint(0, 256, (3, 30, 50, 3), dtype=torch.uint8, generator=g)
-    out = resize_short_side_center_crop(frames, 12)
-    assert out.shape == (3, 12, 12, 3)
-    x = torch.nn.functional.interpolate(
-        frames.permute(0, 3, 1, 2).double(), size=(12, 20), mode="bilinear", align_corners=False
-    )[:, :, :, 4:16]
-    expected = x.round().clamp(0, 255).permute(0, 2, 3, 1)
-    assert (out.double() - expected).abs().max() <= 1  # float32 vs float64 rounding only
-    with pytest.raises(ValueError, match="uint8"):
-        resize_short_side_center_crop(frames.float(), 12)

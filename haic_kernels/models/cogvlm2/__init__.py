@@ -19,7 +19,7 @@ from .config import (
 )
 from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
 from .fast_ragged import pad_prompts
-from .generate import greedy_generate
+from .generate import generate, greedy_generate, stream_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
     ATTN_IMPLS,
@@ -34,7 +34,9 @@ from .reference import (
     set_attn_impl,
     vision_expert_mask,
 )
-from .tokenizer import ByteTokenizer
+from .sampling import Sampler, SamplingParams
+from .templates import resolve_template
+from .tokenizer import ByteTokenizer, load_tokenizer
 
 __all__ = [
     "ATTN_IMPLS",
@@ -51,18 +53,24 @@ __all__ = [
     "FastCogVLM2",
     "KVCache",
     "PromptInputs",
+    "Sampler",
+    "SamplingParams",
     "TextConfig",
     "VisionConfig",
     "build_position_ids",
     "build_prompt",
     "count_parameters",
+    "generate",
     "get_config",
     "greedy_generate",
     "init_random_weights",
+    "load_tokenizer",
     "normalize_frames",
     "pad_prompts",
+    "resolve_template",
     "set_attn_impl",
     "stack_prompts",
+    "stream_generate",
     "swap_fast_modules",
     "vision_expert_mask",
 ]

@@ -165,22 +165,38 @@ class RMSNorm(nn.Module):
         return (self.weight.to(torch.float32) * h).to(x.dtype)
 
 
+def rope_inv_freq(
+    head_dim: int, theta: float, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """``1 / theta ** (arange(0, Dh, 2) / Dh)`` [Dh/2], each step in ``dtype``: the release's
+    buffer, built by HF under ``torch_dtype`` (in fp16 the large powers overflow: 0 there)."""
+    exponents = torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim
+    return 1.0 / (theta**exponents)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE with frequencies ``theta ** (-2i / Dh)``; rotate-half pairing unless ``interleaved``.
 
     ``inv_freq`` is a non-persistent fp32 buffer (kept fp32 under ``.to(dtype)``).
+    ``precision`` (``TextConfig.rope_precision``): "fp32" computes the angles ``pos * inv_freq``
+    in fp32 for every dtype; "release" computes them as the release does in a model of dtype
+    ``dtype`` (its rotary module has ``pos_idx_in_fp32=False``): the position, the ``inv_freq``
+    buffer - built as ``1 / theta ** (arange(0, Dh, 2) / Dh)`` in that dtype, as HF builds it under
+    ``torch_dtype`` - and their product are rounded to ``dtype``. In fp32 both are the same.
     """
 
-    def __init__(self, head_dim: int, theta: float, interleaved: bool = False) -> None:
+    def __init__(
+        self, head_dim: int, theta: float, interleaved: bool = False, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
         self.interleaved = interleaved
+        self.precision = precision
         self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
 
-    def _inv_freq(self, device: torch.device | None) -> torch.Tensor:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
-        return 1.0 / (self.theta ** (exponents / self.head_dim))
+    def _inv_freq(self, device: torch.device | None, dtype: torch.dtype = torch.float32):
+        return rope_inv_freq(self.head_dim, self.theta, dtype, device)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # model.to(bfloat16) would round inv_freq; rebuild it in fp32 wherever it now lives.
@@ -189,8 +205,14 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """position_ids [B, S] -> cos, sin [B, 1, S, Dh] in ``dtype`` (angles in fp32)."""
-        angles = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [B, S, Dh/2]
+        """position_ids [B, S] -> cos, sin [B, 1, S, Dh] in ``dtype``."""
+        if self.precision == "release" and dtype != torch.float32:
+            inv = self._inv_freq(position_ids.device, dtype)
+            # [B, S, Dh/2] in dtype; cos/sin of the dtype tensor, as the release takes them (its
+            # rounding of cos near +-1 is the dtype op's, not that of an fp32 cos rounded after)
+            angles = position_ids.to(dtype).unsqueeze(-1) * inv
+        else:
+            angles = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq
         if self.interleaved:
             angles = angles.repeat_interleave(2, dim=-1).unsqueeze(1)
         else:
@@ -264,7 +286,9 @@ class VisionExpertAttention(nn.Module):
         t = config.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
         self.split = (t.q_size, t.kv_size, t.kv_size)
-        self.rotary_emb = RotaryEmbedding(t.head_dim, t.rope_theta, t.rope_interleaved)
+        self.rotary_emb = RotaryEmbedding(
+            t.head_dim, t.rope_theta, t.rope_interleaved, t.rope_precision
+        )
         if config.vision_expert:
             self.vision_expert_query_key_value = nn.Linear(t.hidden_size, t.qkv_size, bias=True)
             self.vision_expert_dense = nn.Linear(t.q_size, t.hidden_size, bias=False)

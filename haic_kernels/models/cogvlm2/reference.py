@@ -285,11 +285,11 @@ class CogVLM2ForCausalLM(nn.Module):
                 position_ids = build_position_ids(token_type_ids)
             else:
                 position_ids = past_key_values.continue_positions(token_type_ids)
-        max_pos = self.config.text.max_position_embeddings
+        max_pos = self.config.text.position_limit  # the release bounds no position: 8192 there
         if int(position_ids.max()) >= max_pos or int(position_ids.min()) < 0:
             raise ValueError(
-                f"position_ids: ids up to {int(position_ids.max())} exceed "
-                f"max_position_embeddings={max_pos} (input_ids too long for this config)"
+                f"position_ids: ids up to {int(position_ids.max())} exceed the {max_pos} "
+                "positions of this config (context_length, else max_position_embeddings)"
             )
         vision_mask = vision_expert_mask(token_type_ids) if self.config.vision_expert else None
 

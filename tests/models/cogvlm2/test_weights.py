@@ -554,7 +554,7 @@ def test_config_from_release_image() -> None:
     cfg = W.config_from_hf(hf, weight_names=IMAGE_NAMES)
     want = config_mod.get_config("full", "image", vision={"image_size": 1344})
     assert dataclasses.replace(cfg, name=want.name) == want
-    assert cfg.eos_token_id == 128001
+    assert cfg.eos_token_ids == (128001, 128009)  # both stop generation
 
 
 def test_vision_expert_inference_order() -> None:
