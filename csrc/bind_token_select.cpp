@@ -24,11 +24,12 @@ void segment_topk_f32(std::uintptr_t scores_ptr, std::uintptr_t cu_seqlens_ptr,
   if (num_segments == 0 || num_tokens == 0) return;
   const std::uintptr_t ptrs[] = {scores_ptr, cu_seqlens_ptr, k_ptr, keep_ptr};
   const char* names[] = {"scores_ptr", "cu_seqlens_ptr", "k_ptr", "keep_ptr"};
-  for (int i = 0; i < 4; ++i) {
-    if (ptrs[i] == 0) throw py::value_error(std::string("segment_topk_f32: ") + names[i] +
-                                            " must be non-null");
-    check_device_pointer(ptrs[i], "segment_topk_f32", names[i]);
+  for (int i = 0; i < 4; ++i) {  // every argument check before the first CUDA call
+    if (ptrs[i] == 0) {
+      throw py::value_error(std::string("segment_topk_f32: ") + names[i] + " must be non-null");
+    }
   }
+  for (int i = 0; i < 4; ++i) check_device_pointer(ptrs[i], "segment_topk_f32", names[i]);
   haic::SegmentTopkParams prm{};
   prm.scores = reinterpret_cast<const float*>(scores_ptr);
   prm.cu_seqlens = reinterpret_cast<const std::int32_t*>(cu_seqlens_ptr);

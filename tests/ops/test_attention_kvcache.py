@@ -157,6 +157,16 @@ BAD = {
         ValueError,
         "backend",
     ),
+    "cache-strided-append": (
+        dict(k_cache=torch.zeros(2, 8, 2, 128)[..., ::2]),
+        ValueError,
+        "k_cache",
+    ),
+    "cache-broadcast-append": (
+        dict(v_cache=torch.zeros(2, 1, 2, 64).expand(2, 8, 2, 64)),
+        ValueError,
+        "v_cache",
+    ),
     "device": (
         dict(cache_seqlens=torch.tensor([3, 5], dtype=torch.int32, device="meta")),
         ValueError,

@@ -273,6 +273,48 @@ def test_segment_topk_cuda_kernel_host_emulation(tmp_path) -> None:
     assert "0 failed" in out, out
 
 
+def _ext_has_select() -> bool:
+    try:
+        import haic_kernels._C as C
+    except ImportError:
+        return False
+    return hasattr(C, "segment_topk_f32")
+
+
+@pytest.mark.skipif(not _ext_has_select(), reason="haic_kernels._C is not built")
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        ({"num_tokens": -1}, "num_tokens must be >= 0"),
+        ({"max_seqlen": -1}, "must be >= 0"),
+        ({"num_segments": -2}, "must be >= 0"),
+        ({"num_tokens": 1 << 31}, "num_tokens must be < 2"),
+        ({"k_ptr": 0}, "k_ptr must be non-null"),
+    ],
+)
+def test_segment_topk_binding_checks_arguments(over, words) -> None:
+    """These checks run before any CUDA call, so they are safe without a GPU."""
+    import haic_kernels._C as C
+
+    kw = dict(scores_ptr=1 << 20, cu_seqlens_ptr=2 << 20, k_ptr=3 << 20, keep_ptr=4 << 20,
+              num_segments=2, max_seqlen=8, num_tokens=12, stream=0)  # fmt: skip
+    kw.update(over)
+    with pytest.raises(ValueError, match=words):
+        C.segment_topk_f32(**kw)
+
+
+def test_segment_topk_binding_empty_is_a_no_op() -> None:
+    if not _ext_has_select():
+        pytest.skip("haic_kernels._C is not built")
+    import haic_kernels._C as C
+
+    for empty in ({"num_segments": 0}, {"num_tokens": 0}):
+        kw = dict(scores_ptr=0, cu_seqlens_ptr=0, k_ptr=0, keep_ptr=0, num_segments=2,
+                  max_seqlen=8, num_tokens=12, stream=0)  # fmt: skip
+        kw.update(empty)
+        assert C.segment_topk_f32(**kw) is None  # returns before touching a pointer
+
+
 # ---- GPU (bf16, full size) ----------------------------------------------------------------
 
 

@@ -63,6 +63,8 @@ def attention_with_kvcache(
     Nothing on the kernel path allocates outside the caching allocator and nothing reads back to
     the host, so a call can be captured in a CUDA graph (the decode loop does).
     """
+    if k is not None or v is not None:
+        _check_writable(k_cache=k_cache, v_cache=v_cache)
     q, k_cache, v_cache, _ = check_qkv(
         q, k_cache, v_cache, packed=False, names=("q", "k_cache", "v_cache")
     )
@@ -92,6 +94,21 @@ def attention_with_kvcache(
     chosen = KVCACHE.resolve(backend, q.device, unsupported=lambda n: _why(n, q, k_cache, v_cache))
     op = torch.ops.haic_kernels.attention_kvcache
     return op(q, k_cache, v_cache, lens, causal, scale, chosen)
+
+
+def _check_writable(**caches: object) -> None:
+    """Caches that are appended to are written in place: no copy may stand in for them (a
+    strided head dim) and no two elements may share memory (stride 0)."""
+    for name, t in caches.items():
+        check_tensor(name, t)
+        assert isinstance(t, torch.Tensor)
+        if t.dim() and t.stride(-1) != 1:
+            raise ValueError(
+                f"{name}: appended to in place, so its head dim must be contiguous, got strides "
+                f"{tuple(t.stride())}"
+            )
+        if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+            raise ValueError(f"{name}: appended to in place, so it cannot be a broadcast view")
 
 
 def _check_new(k: object, v: object, k_cache: torch.Tensor) -> int:
