@@ -250,7 +250,7 @@ def test_sdpa_varlen(seed):
 
 def test_auto_on_cpu_is_torch_and_return_forms(seed):
     q, k, v, _, sel = _inputs(1, 9, 9, 2, 1, 16, "causal", FP32, scores=True)
-    assert api._resolve_backend("auto", q, False, None, None) == "torch"
+    assert api._resolve_backend("auto", q, k, False, None, None, None) == "torch"
     out = attention(q, k, v)
     assert type(out) is torch.Tensor  # no extras: a plain tensor
     with_lse = attention(q, k, v, return_lse=True)
@@ -505,7 +505,7 @@ def test_gpu_decode_matches_prefill(seed, sk):
 def test_gpu_compile_auto(seed, monkeypatch):
     monkeypatch.setenv("HAIC_TRUST_UNVERIFIED", "1")
     q, k, v, _, sel = _inputs(1, 300, 300, 8, 2, 128, "causal", BF16, "cuda", scores=True)
-    assert api._resolve_backend("auto", q, False, None, sel) == "triton"
+    assert api._resolve_backend("auto", q, k, False, None, None, sel) == "triton"
     fn = torch.compile(lambda q, k, v, s: attention(q, k, v, key_scores=s), fullgraph=True)
     out, _, scores = fn(q, k, v, sel)
     res = attention(q, k, v, key_scores=sel, return_lse=True, backend="triton")

@@ -158,7 +158,7 @@ def attention(
     check_same_device(q=q, k=k, v=v, block_ids=block_ids, key_scores=key_scores)
     check_no_grad("attention", q=q, k=k, v=v)
     decode = q.shape[1] == 1 if not packed else (q.shape[0] == cu_q.numel() - 1 and max_q <= 1)
-    chosen = _resolve_backend(backend, q, decode, block_ids, key_scores)
+    chosen = _choose_backend(backend, q, decode, block_ids, key_scores)
     out, lse, scores = torch.ops.haic_kernels.attention(
         q, k, v, cu_q, cu_k, block_ids, key_scores, causal, scale, max_q, max_k, return_lse,
         chosen,
@@ -309,7 +309,18 @@ def unsupported_reason(
     return None
 
 
-def _resolve_backend(backend, q, decode, block_ids, key_scores) -> str:
+def _resolve_backend(backend, q, k, packed, cu_q, block_ids, key_scores) -> str:
+    """The backend `attention` would run for these arguments (the fast model asks it before
+    calling the decode kernel itself; its decode step moves to `attention_with_kvcache`).
+    Packed calls count as decode when every sequence has one query row; that reads
+    ``cu_seqlens`` (a host sync on CUDA), so the op itself decides from ``max_seqlen``."""
+    decode = q.shape[1] == 1
+    if packed:
+        decode = q.shape[0] == cu_q.numel() - 1 and bool((cu_q.diff() == 1).all())
+    return _choose_backend(backend, q, decode, block_ids, key_scores)
+
+
+def _choose_backend(backend, q, decode, block_ids, key_scores) -> str:
     def why(name: str) -> str | None:
         if backend == "auto" and decode and name == "flash_attn":
             return "auto sends decode shapes to cuda, then triton"
