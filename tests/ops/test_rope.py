@@ -8,7 +8,7 @@ import torch
 
 from haic_kernels.models.cogvlm2.language import RotaryEmbedding, apply_rotary
 from haic_kernels.ops.rope import api, apply_rope, rope_qkv
-from haic_kernels.testing import assert_parity, poison_
+from haic_kernels.testing import assert_parity
 from tests._triton import triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
@@ -17,14 +17,6 @@ THETA = 500000.0
 
 def _backends():
     return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
-
-
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
 
 
 def _oracle(x, pos, interleaved, theta=THETA):
@@ -59,8 +51,7 @@ IDS = [f"B{b}-S{s}-H{hq}.{hkv}-D{d}" for b, s, hq, hkv, d in SHAPES]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("b", "s", "hq", "hkv", "d"), SHAPES, ids=IDS)
 @pytest.mark.parametrize("backend", _backends())
-def test_rope_qkv_parity(seed, monkeypatch, backend, b, s, hq, hkv, d, dtype, interleaved):
-    _poison_outputs(monkeypatch)
+def test_rope_qkv_parity(seed, poison_outputs, backend, b, s, hq, hkv, d, dtype, interleaved):
     qkv = torch.randn(b, s, (hq + 2 * hkv) * d).to(dtype)
     pos = torch.randint(0, 9000, (b, s))
     q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,
@@ -78,8 +69,7 @@ def test_rope_qkv_parity(seed, monkeypatch, backend, b, s, hq, hkv, d, dtype, in
 
 
 @pytest.mark.parametrize("backend", _backends())
-def test_apply_rope_packed_and_strided(seed, monkeypatch, backend):
-    _poison_outputs(monkeypatch)
+def test_apply_rope_packed_and_strided(seed, poison_outputs, backend):
     t, h, d = 23, 3, 64
     big = torch.randn(t, h, 2 * d)
     x = big[..., :d]  # head rows strided: goes through a contiguous copy
@@ -103,7 +93,7 @@ BAD = {
     "width": (lambda: rope_qkv(torch.randn(3, 100), torch.zeros(3).long(), num_heads=4,
                                num_kv_heads=2), ValueError, ["qkv", "multiple"]),
     "odd-d": (lambda: rope_qkv(torch.randn(3, 30), torch.zeros(3).long(), num_heads=4,
-                               num_kv_heads=3), ValueError, ["head dim", "even"]),
+                               num_kv_heads=3), ValueError, ["qkv", "head dim", "even"]),
     "pos-shape": (lambda: rope_qkv(torch.randn(3, 64), torch.zeros(4).long(), num_heads=2,
                                    num_kv_heads=1), ValueError, ["position_ids", "(3,)"]),
     "pos-float": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3)), TypeError,
@@ -114,6 +104,12 @@ BAD = {
                                  num_kv_heads=1), ValueError, ["num_heads"]),
     "theta": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(), theta=-1.0),
               ValueError, ["theta"]),
+    "theta-inf": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(),
+                                     theta=float("inf")), ValueError, ["theta", "finite"]),
+    "theta-tiny": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(), theta=1e-300),
+                   ValueError, ["theta", "non-finite frequencies"]),
+    "pos-negative": (lambda: apply_rope(torch.randn(3, 2, 8), torch.tensor([0, -1, 2])),
+                     ValueError, ["position_ids", ">= 0"]),
     "backend": (lambda: apply_rope(torch.randn(3, 2, 8), torch.zeros(3).long(), backend="x"),
                 ValueError, ["backend"]),
 }  # fmt: skip
@@ -159,8 +155,7 @@ def test_torch_compile_fullgraph(seed):
     ("t", "hq", "hkv", "d"),
     [(1, 32, 8, 128), (8192, 32, 8, 128), (1025, 8, 2, 128), (97, 4, 4, 64)],
 )
-def test_gpu_parity(seed, monkeypatch, t, hq, hkv, d, dtype, interleaved):  # fmt: skip
-    _poison_outputs(monkeypatch)
+def test_gpu_parity(seed, poison_outputs, t, hq, hkv, d, dtype, interleaved):  # fmt: skip
     qkv = torch.randn(1, t, (hq + 2 * hkv) * d, device="cuda").to(dtype)
     pos = torch.randint(0, 8192, (1, t), device="cuda")
     q, k, v = rope_qkv(qkv, pos, num_heads=hq, num_kv_heads=hkv, interleaved=interleaved,
@@ -233,13 +228,12 @@ def test_model_rotary_fp32_path_unchanged(seed):
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_rope_op_release_is_the_release_bit_for_bit(seed, monkeypatch, backend, dtype):
+def test_rope_op_release_is_the_release_bit_for_bit(seed, poison_outputs, backend, dtype):
     if backend == "triton" and dtype == torch.bfloat16 and not HAS_CUDA:
         pytest.skip(
             "the Triton interpreter truncates fp32 -> bf16 casts (259 -> 258; a GPU rounds to "
             "nearest even: 260), so the kernel's bf16 rounding is checked on a GPU only"
         )
-    _poison_outputs(monkeypatch)
     hq, hkv, d = 4, 2, 128
     t = 4097 if backend == "torch" else 600  # the interpreter is slow; 600 still passes 512
     cos_c, sin_c = _release_cos_sin(dtype, d, 4097)

@@ -5,8 +5,8 @@ parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(r
 ``y = h + down_e(silu(gate_e(rms(h))) * up_e(rms(h)))`` through haic_kernels ops:
 `expert_linear` with the batch's `Routing` (decode tokens are language tokens: a step uses the
 language weights, ``F.linear``), `rope_qkv` (split + RoPE + flash layout in one pass), and
-`attend` / `decode_attention`: the only places that call attention and the decode kernel (the
-switch to the structured `attention` result and to ``ops.attention_with_kvcache`` is theirs).
+`attend` / `decode_attention`: the only places that call `attention` and
+`attention_with_kvcache` (the decode kernel's public op).
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from haic_kernels.ops.attention import attention
-from haic_kernels.ops.attention.api import _resolve_backend
-from haic_kernels.ops.attention.cuda import decode_attention_cuda
+from haic_kernels.ops.attention import attention, attention_with_kvcache
 from haic_kernels.ops.expert_linear import Routing, expert_linear
 from haic_kernels.ops.rope import rope_qkv
 
 from ..config import CogVLM2Config
-from ..language import _SDPA_GQA
 from .batch import TokenBatch
 
 __all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "attend", "decode_attention",
@@ -84,30 +81,13 @@ def decode_attention(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """flash-attn's ``with_kvcache`` contract: write k/v [B, Hkv, Dh] into the caches
-    [B, capacity, Hkv, Dh] at ``cache_seqlens`` (int32 [B], not changed), then attend q
-    [B, Hq, Dh] over each row's ``cache_seqlens + 1`` keys -> [B, Hq, Dh].
-
-    The CUDA split-K decode kernel where `attention`'s choice for this call is "cuda"; else
-    SDPA over the whole cache with the rows' lengths as a mask. No host read either way (CUDA
-    graphs capture it)."""
-    b, cap = k_cache.shape[:2]
-    rows = torch.arange(b, device=q.device)
-    k_cache.index_put_((rows, cache_seqlens.long()), k)
-    v_cache.index_put_((rows, cache_seqlens.long()), v)
-    lens = cache_seqlens + 1
-    if _resolve_backend(backend, q[:, None], k_cache, False, None, None, None) == "cuda":
-        out = torch.empty_like(q)
-        decode_attention_cuda(q, k_cache, v_cache, out, scale=q.shape[-1] ** -0.5, seqlens_k=lens)
-        return out
-    mask = (torch.arange(cap, device=q.device) < lens[:, None])[:, None, None, :]
-    kt, vt = k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # [B, Hkv, capacity, Dh]
-    r = q.shape[1] // kt.shape[1]
-    if r > 1 and not _SDPA_GQA:
-        kt, vt = kt.repeat_interleave(r, dim=1), vt.repeat_interleave(r, dim=1)
-    gqa = {"enable_gqa": True} if r > 1 and _SDPA_GQA else {}
-    out = F.scaled_dot_product_attention(q[:, :, None], kt, vt, attn_mask=mask, **gqa)
-    return out[:, :, 0]
+    """One new token per row: write k/v [B, Hkv, Dh] into the caches [B, capacity, Hkv, Dh] at
+    ``cache_seqlens`` (int32 [B], not changed), then attend q [B, Hq, Dh] over each row's
+    ``cache_seqlens + 1`` keys -> [B, Hq, Dh]: `haic_kernels.attention_with_kvcache` (the CUDA
+    split-K decode kernel where chosen; no host read either way, so CUDA graphs capture it)."""
+    out = attention_with_kvcache(q[:, None], k_cache, v_cache, cache_seqlens, k=k[:, None],
+                                 v=v[:, None], backend=backend)  # fmt: skip
+    return out[:, 0]
 
 
 def _linear(
