@@ -142,6 +142,27 @@ def test_eos_lists_stop_every_row(tiny_model, batch) -> None:
     assert torch.equal(fast.generate(ids, types, u8, max_new_tokens=5, eos_token_id=[pad]), free)
 
 
+@torch.no_grad()
+def test_positions_are_bounded_by_the_context_not_max_position_embeddings(
+    tiny_model, batch
+) -> None:
+    """The releases' video config.json says max_position_embeddings 2048 and the demos ask for
+    2048 new tokens: the fast model, like the reference, is bounded by ``position_limit``
+    (context_length) only, exactly: the last fed position is prompt end + n - 2."""
+    ref = tiny_model("video-chat", text={"max_position_embeddings": 8, "context_length": 48})
+    fast = FastCogVLM2.from_reference(ref, backend="torch")
+    ids, types, u8 = batch(ref.config, ["ab"], frames=1)
+    last = int(fast.batch(ids, types).max_position)
+    assert last >= 8  # the prompt alone passes max_position_embeddings
+    n = 48 - last  # positions last .. 47 are fed, the n-th token is never fed
+    got = fast.generate(ids, types, u8, max_new_tokens=n)
+    assert torch.equal(got, greedy_generate(ref, ids, types, u8, max_new_tokens=n))
+    with pytest.raises(ValueError, match="context of 48 positions"):
+        fast.generate(ids, types, u8, max_new_tokens=n + 1)
+    with pytest.raises(ValueError, match="context of 48 positions"):
+        list(fast.stream(ids, types, u8, max_new_tokens=n + 1))
+
+
 def test_sampler_sees_prompt_and_new_ids(tiny_model, tiny_prompts) -> None:
     """``sampler(logits, seen)``: greedy through a sampler equals argmax; ``seen`` holds each
     row's prompt ids then its new ids, -1 after them and after the row finished."""
