@@ -146,8 +146,11 @@ def test_fast_layer_follows_the_configs_rope_precision_in_bf16(seed):
         out = FastDecoderLayer(ref, cfg, "torch", "torch")(x, batch)
         _, (k, _v) = ref(x[None], None, L.build_position_ids(types[None]))
         assert torch.equal(out.k, k[0].transpose(0, 1)), precision
-        other = get_config("tiny", "video-chat",
-                           text={"rope_precision": "fp32" if precision == "release" else "release"})
+        other = get_config(
+            "tiny",
+            "video-chat",
+            text={"rope_precision": "fp32" if precision == "release" else "release"},
+        )
         keys[precision] = (out.k, FastDecoderLayer(ref, other, "torch", "torch")(x, batch).k)
     for precision, (same, other) in keys.items():
         assert (same.float() - other.float()).abs().max() > 0.5, precision
