@@ -16,6 +16,7 @@ import torch
 
 from haic_kernels.models.cogvlm2 import (
     FastCogVLM2,
+    SamplingParams,
     get_config,
     greedy_generate,
     normalize_frames,
@@ -210,6 +211,31 @@ def test_stream_yields_generate_steps(tiny_model, batch) -> None:
     assert len(list(fast.stream(ids, types, u8, max_new_tokens=5, eos_token_id=eos))) == stop
     with pytest.raises(ValueError, match="eos_check_every"):
         fast.stream(ids, types, u8, max_new_tokens=5, eos_check_every=0)
+
+
+@torch.no_grad()
+def test_both_models_take_a_sampler_and_stream_alike(tiny_model, batch) -> None:
+    """What `haic run --do-sample --stream` relies on: ``sampler=`` and ``stream`` with one
+    signature on the reference and the fast model; one seed gives both the same sampled tokens
+    (the same generator draws over logits equal to fp32 rounding), and a stream yields the
+    columns of `generate`; ``vision_embeds=`` (the chat's encoded video) gives the same."""
+    ref = tiny_model("video-chat")
+    fast = FastCogVLM2.from_reference(ref, backend="torch")
+    ids, types, u8 = batch(ref.config, QUERIES[0])
+    params = SamplingParams(do_sample=True, temperature=1.3, top_k=50, top_p=0.9,
+                            repetition_penalty=1.2, seed=11)  # fmt: skip
+    kw = dict(max_new_tokens=6, eos_token_id=list(ref.config.eos_token_ids))
+    greedy = ref.generate(ids, types, u8, **kw)
+    runs = {}
+    for name, model in (("reference", ref), ("fast", fast)):
+        got = model.generate(ids, types, u8, sampler=params.sampler(), **kw)
+        streamed = list(model.stream(ids, types, u8, sampler=params.sampler(), **kw))
+        embeds = model.encode_frames(u8)
+        again = model.generate(ids, types, vision_embeds=embeds, sampler=params.sampler(), **kw)
+        assert torch.equal(torch.stack(streamed, 1), got) and torch.equal(again, got), name
+        runs[name] = got
+    assert torch.equal(runs["fast"], runs["reference"])
+    assert not torch.equal(runs["reference"], greedy)  # the sampler was used
 
 
 def test_decode_buffers_are_reused_for_one_shape(tiny_model, batch) -> None:
