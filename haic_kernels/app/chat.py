@@ -114,35 +114,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _turn(model, embeds, question, history, setup, num_frames, stream) -> str | None:
     """One answer, printed; None (and a one-line error) when the turn does not fit."""
-    prompt = build_prompt(
-        setup.tokenizer,
-        question,
-        num_frames,
-        setup.config,
-        template=setup.template,
-        history=history,
-    )
+    prompt = build_prompt(setup.tokenizer, question, num_frames, setup.config,
+                          template=setup.template, history=history)  # fmt: skip
     try:
-        n_new = setup.new_tokens(prompt)
+        generation = setup.generation(prompt)
     except CommandError as e:
         print(f"{PROG}: error: {e.message}; type '{CLEAR}' to start over", file=sys.stderr)
         return None
-    ids, types = (
-        t.unsqueeze(0).to(setup.device) for t in (prompt.input_ids, prompt.token_type_ids)
-    )
+    ids, types = (t.unsqueeze(0).to(setup.device)
+                  for t in (prompt.input_ids, prompt.token_type_ids))  # fmt: skip
     print("CogVLM2: ", end="", flush=True)
     printer = TextStream(setup.tokenizer) if stream else None
-    result = respond(
-        model,
-        embeds,
-        ids,
-        types,
-        max_new_tokens=n_new,
-        eos_token_id=setup.eos_token_ids,
-        clock=StageClock(setup.device),
-        sampler=setup.sampler(),
-        on_token=None if printer is None else lambda t: printer.push(t.tolist()),
-    )
+    result = respond(model, embeds, ids, types, clock=StageClock(setup.device),
+                     on_token=None if printer is None else printer.on_token,
+                     **generation)  # fmt: skip
     if printer is not None:
         return printer.finish()
     text = setup.tokenizer.decode(result.tokens[0].tolist())

@@ -48,18 +48,27 @@ class Parser(argparse.ArgumentParser):
         raise CommandError(f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; the exit-status epilog kept as written (a table)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == EXIT_CODES_HELP:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="haic",
         description="haic_kernels: fast CogVLM2-Video inference kernels and their reference model.",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
                            epilog=EXIT_CODES_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                           formatter_class=_Formatter)  # fmt: skip
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     # `bench` owns its own parser; registered here for --help only.

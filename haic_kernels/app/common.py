@@ -364,6 +364,12 @@ class Setup:
         """A fresh `Sampler` for one generation (its generator seeded again)."""
         return self.sampling.sampler()
 
+    def generation(self, prompt: PromptInputs) -> dict[str, Any]:
+        """The keywords of one generation for ``prompt`` (`pipeline.answer` / `respond`, either
+        model's ``generate``): `new_tokens`, every stop id, a fresh sampler."""
+        return dict(max_new_tokens=self.new_tokens(prompt), eos_token_id=self.eos_token_ids,
+                    sampler=self.sampler())  # fmt: skip
+
     def new_tokens(self, prompt: PromptInputs) -> int:
         """``--max-new-tokens`` for ``prompt``: checked against the context (a usage error when
         it does not fit); its default is cut to what the context holds."""

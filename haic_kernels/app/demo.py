@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = build_prompt(
         setup.tokenizer, args.prompt, int(frames.shape[0]), config, template=setup.template
     )
-    n_new = setup.new_tokens(prompt)
+    generation = setup.generation(prompt)  # a usage error when it does not fit the context
     with clock.stage("build model"):
         reference, weights_note = build_model(args, config, device, dtype)
         model, kind = select_model(args, reference, device)
@@ -113,17 +113,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stream:
         print("streamed: ", end="", flush=True)
         printer = TextStream(setup.tokenizer)
-    result = answer(
-        model,
-        frames.to(device),
-        ids,
-        types,
-        clock=clock,
-        max_new_tokens=n_new,
-        eos_token_id=setup.eos_token_ids,
-        sampler=setup.sampler(),
-        on_token=None if printer is None else lambda t: printer.push(t.tolist()),
-    )
+    on_token = None if printer is None else printer.on_token
+    result = answer(model, frames.to(device), ids, types, clock=clock, on_token=on_token,
+                    **generation)  # fmt: skip
     if printer is not None:
         printer.finish()
     where = "wall clock, synchronized" if device.type == "cuda" else "CPU wall clock"

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import torch
+
 from ..models.cogvlm2 import SamplingParams
 from .common import non_negative_int, warn
 from .errors import usage_error
@@ -89,6 +91,10 @@ class TextStream:
         if text.endswith("\ufffd"):
             return
         self._write(text)
+
+    def on_token(self, tokens: torch.Tensor) -> None:
+        """`push` a step's tokens int64 [1] (what `pipeline.respond` calls with)."""
+        self.push(tokens.tolist())
 
     def finish(self) -> str:
         """Write whatever is left (even an incomplete character) and a newline; return the

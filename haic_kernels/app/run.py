@@ -165,23 +165,14 @@ def _answer_row(item: Item, model, kind: str, setup: Setup, args, on_token=None)
         prompt = build_prompt(
             setup.tokenizer, question, num_frames, setup.config, template=setup.template
         )
-        n_new = setup.new_tokens(prompt)
+        generation = setup.generation(prompt)
     except (ValueError, CommandError) as e:  # e.g. a prompt longer than the context
         return {**base, "error": getattr(e, "message", str(e)), "manifest": rec.to_dict()}, None
     ids, types = (
         t.unsqueeze(0).to(setup.device) for t in (prompt.input_ids, prompt.token_type_ids)
     )
-    result = answer(
-        model,
-        item.frames.to(setup.device),
-        ids,
-        types,
-        clock=clock,
-        max_new_tokens=n_new,
-        eos_token_id=setup.eos_token_ids,
-        sampler=setup.sampler(),
-        on_token=on_token,
-    )
+    result = answer(model, item.frames.to(setup.device), ids, types, clock=clock,
+                    on_token=on_token, **generation)  # fmt: skip
     token_ids = result.tokens[0].tolist()
     stages = {
         k.replace(" ", "_"): round(v, 3)
@@ -355,7 +346,7 @@ def _run_single(args, setup: Setup, loader: VideoLoader | None) -> int:
         kind,
         setup,
         args,
-        on_token=None if stream is None else lambda t: stream.push(t.tolist()),
+        on_token=None if stream is None else stream.on_token,
     )
     if result is None:
         raise usage_error(row["error"])
