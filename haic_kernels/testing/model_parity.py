@@ -276,7 +276,7 @@ def compare(
     for i, item in enumerate(inputs):
         prompt = build_prompt(tokenizer, item.question, item.frames.shape[0], config)
         runs = {
-            key: _run(model, names, item, prompt, p.device, max_new_tokens, config.eos_token_id)
+            key: _run(model, names, item, prompt, p.device, max_new_tokens, config.eos_token_ids)
             for key, model, p in (("oracle", models.oracle, ora_p),
                                   ("reference", models.reference, ref_p),
                                   ("fast", models.fast, ref_p))

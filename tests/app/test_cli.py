@@ -104,3 +104,18 @@ def test_demo_rejects_a_bad_checkpoint(tmp_path) -> None:
     assert r.returncode != 0
     assert str(tmp_path) in (r.stdout + r.stderr)
     assert "Traceback" not in r.stderr
+
+
+def test_every_command_documents_the_exit_statuses(capsys) -> None:
+    """`haic --help` and each command's --help list the statuses the commands return."""
+    from haic_kernels.app import cli
+    from haic_kernels.app.errors import EXIT_CHECKPOINT, EXIT_FAILED, EXIT_USAGE
+
+    for argv in ([], *([name] for name in cli.COMMANDS)):
+        with pytest.raises(SystemExit) as done:
+            cli.main([*argv, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert "exit status:" in text, argv
+        for status in (0, EXIT_FAILED, EXIT_USAGE, EXIT_CHECKPOINT, 130):
+            assert f"\n  {status} " in text, (argv, status)

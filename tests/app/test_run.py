@@ -102,7 +102,7 @@ def test_run_video_bad_inputs_fail_cleanly(tmp_path: Path) -> None:
     assert "answer" not in r.stdout and "Traceback" not in r.stderr
 
     r = _haic("run", cwd=tmp_path)  # neither VIDEO nor --manifest
-    assert r.returncode == 2 and "VIDEO or --manifest" in r.stderr
+    assert r.returncode == 2 and "VIDEO|IMAGE or --manifest" in r.stderr
 
 
 def test_run_video_rejects_missing_or_misshaped_weights(tmp_path: Path) -> None:

@@ -37,13 +37,17 @@ def check_max_new_tokens(n: object) -> int:
 def check_context(config: CogVLM2Config, last_position: int, max_new_tokens: int) -> None:
     """ValueError when a prompt whose last position id is ``last_position`` plus
     ``max_new_tokens`` new tokens passes the model's positions (``config.text.position_limit``:
-    8192 for the releases, whatever their max_position_embeddings says)."""
+    8192 for the releases, whatever their max_position_embeddings says).
+
+    The n-th new token is chosen from the logits at position ``last_position + n - 1`` and never
+    fed back, so the positions used end at ``last_position + max_new_tokens - 1``."""
     check_max_new_tokens(max_new_tokens)
     limit = config.text.position_limit
-    if last_position + max_new_tokens >= limit:
+    if last_position + max_new_tokens - 1 >= limit:
         raise ValueError(
             f"max_new_tokens: the prompt reaches position {last_position}; {max_new_tokens} new "
-            f"tokens would pass the model's context of {limit} positions"
+            f"tokens would pass the model's context of {limit} positions (context_length, else "
+            "max_position_embeddings)"
         )
 
 

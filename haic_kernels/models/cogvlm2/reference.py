@@ -14,6 +14,7 @@ KV cache) in `language.py`; this module assembles them and re-exports the public
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from ...constants import VISION_TOKEN_TYPE
 from ...tokens import build_position_ids, check_token_types, vision_expert_mask
 from .config import CogVLM2Config
-from .generate import greedy_generate
+from .generate import SamplerFn, generate, stream_generate
 from .language import (
     CogVLMDecoderLayer,
     KVCache,
@@ -206,25 +207,27 @@ class CogVLM2ForCausalLM(VisionStages, nn.Module):
         *,
         vision_embeds: torch.Tensor | None = None,
         max_new_tokens: int,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        sampler: SamplerFn | None = None,
         timings: dict | None = None,
         **options,
     ) -> torch.Tensor:
-        """New tokens [B, n_new] (`greedy_generate` with a KV cache; ``options`` go to it).
+        """New tokens [B, n_new] (`generate.generate` with a KV cache; ``sampler``: a
+        `sampling.Sampler`, None = greedy; ``options`` go to it). The fast model's signature.
 
         ``timings`` (a dict) gets "prefill_s" (the first forward: the prompt), "decode_s" (the
         rest) and "decode_tokens" (tokens produced after the first, over the batch)."""
         marks = [_now(input_ids.device)] if timings is not None else []
 
-        def prefilled(*_: object) -> None:  # the first forward greedy_generate makes: the prompt
+        def prefilled(*_: object) -> None:  # the first forward the loop makes: the prompt
             if len(marks) == 1:
                 marks.append(_now(input_ids.device))
 
         hook = self.register_forward_hook(prefilled)
         try:
-            out = greedy_generate(self, input_ids, token_type_ids, frames,
-                                  vision_embeds=vision_embeds, max_new_tokens=max_new_tokens,
-                                  eos_token_id=eos_token_id, **options)  # fmt: skip
+            out = generate(self, input_ids, token_type_ids, frames, vision_embeds=vision_embeds,
+                           max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                           sampler=sampler, **options)  # fmt: skip
         finally:
             hook.remove()
         if timings is not None:
@@ -234,6 +237,17 @@ class CogVLM2ForCausalLM(VisionStages, nn.Module):
             timings["decode_s"] = end - prefilled
             timings["decode_tokens"] = max(out.shape[1] - 1, 0) * out.shape[0]
         return out
+
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        **options,
+    ) -> Iterator[torch.Tensor]:
+        """`generate`'s loop as an iterator (`generate.stream_generate`; ``options``: generate's
+        keywords but ``timings``): each step's new tokens int64 [B]. The fast model's signature."""
+        return stream_generate(self, input_ids, token_type_ids, frames, **options)
 
     # -----------------------------------------------------------------------------------------
 

@@ -26,8 +26,10 @@ VARIANTS = ["image", "video-chat"]
 STEPS = 3
 
 
-def _layer(variant: str, device: str = "cpu") -> tuple[L.CogVLMDecoderLayer, object]:
-    cfg = get_config("tiny", variant)
+def _layer(
+    variant: str, device: str = "cpu", **overrides: object
+) -> tuple[L.CogVLMDecoderLayer, object]:
+    cfg = get_config("tiny", variant, **overrides)
     ref = L.CogVLMDecoderLayer(cfg).to(device)
     with torch.no_grad():
         for name, p in ref.named_parameters():
@@ -124,6 +126,34 @@ def test_fast_layer_matches_reference(seed, variant, backend):
     for b in range(len(lengths)):
         for name, a, s, w in zip(names, got[b], same[b], want[b]):
             assert_parity(a, s, w, what=f"{variant} {backend} row {b} {name} seed={seed}")
+
+
+@torch.no_grad()
+def test_fast_layer_follows_the_configs_rope_precision_in_bf16(seed):
+    """bf16 keys after RoPE equal the reference layer's bit for bit with the config's
+    ``rope_precision``, both "release" (the release's bf16 angles) and "fp32"; at positions up to
+    1199 the two precisions give visibly different keys, so a fast layer that ignored the config
+    could not pass."""
+    s = 1200
+    types = torch.zeros(s, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    keys = {}
+    for precision in ("release", "fp32"):
+        ref, cfg = _layer("video-chat", text={"rope_precision": precision})
+        ref = ref.to(torch.bfloat16)
+        x = torch.randn(s, cfg.text.hidden_size, generator=g).to(torch.bfloat16)
+        batch = TokenBatch.from_inputs([torch.zeros_like(types)], [types], config=cfg)
+        out = FastDecoderLayer(ref, cfg, "torch", "torch")(x, batch)
+        _, (k, _v) = ref(x[None], None, L.build_position_ids(types[None]))
+        assert torch.equal(out.k, k[0].transpose(0, 1)), precision
+        other = get_config(
+            "tiny",
+            "video-chat",
+            text={"rope_precision": "fp32" if precision == "release" else "release"},
+        )
+        keys[precision] = (out.k, FastDecoderLayer(ref, other, "torch", "torch")(x, batch).k)
+    for precision, (same, other) in keys.items():
+        assert (same.float() - other.float()).abs().max() > 0.5, precision
 
 
 def test_attention_backend_triton_if_available(seed):

@@ -16,6 +16,7 @@ import torch
 
 from haic_kernels.models.cogvlm2 import (
     FastCogVLM2,
+    SamplingParams,
     get_config,
     greedy_generate,
     normalize_frames,
@@ -142,6 +143,27 @@ def test_eos_lists_stop_every_row(tiny_model, batch) -> None:
     assert torch.equal(fast.generate(ids, types, u8, max_new_tokens=5, eos_token_id=[pad]), free)
 
 
+@torch.no_grad()
+def test_positions_are_bounded_by_the_context_not_max_position_embeddings(
+    tiny_model, batch
+) -> None:
+    """The releases' video config.json says max_position_embeddings 2048 and the demos ask for
+    2048 new tokens: the fast model, like the reference, is bounded by ``position_limit``
+    (context_length) only, exactly: the last fed position is prompt end + n - 2."""
+    ref = tiny_model("video-chat", text={"max_position_embeddings": 8, "context_length": 48})
+    fast = FastCogVLM2.from_reference(ref, backend="torch")
+    ids, types, u8 = batch(ref.config, ["ab"], frames=1)
+    last = int(fast.batch(ids, types).max_position)
+    assert last >= 8  # the prompt alone passes max_position_embeddings
+    n = 48 - last  # positions last .. 47 are fed, the n-th token is never fed
+    got = fast.generate(ids, types, u8, max_new_tokens=n)
+    assert torch.equal(got, greedy_generate(ref, ids, types, u8, max_new_tokens=n))
+    with pytest.raises(ValueError, match="context of 48 positions"):
+        fast.generate(ids, types, u8, max_new_tokens=n + 1)
+    with pytest.raises(ValueError, match="context of 48 positions"):
+        list(fast.stream(ids, types, u8, max_new_tokens=n + 1))
+
+
 def test_sampler_sees_prompt_and_new_ids(tiny_model, tiny_prompts) -> None:
     """``sampler(logits, seen)``: greedy through a sampler equals argmax; ``seen`` holds each
     row's prompt ids then its new ids, -1 after them and after the row finished."""
@@ -189,6 +211,31 @@ def test_stream_yields_generate_steps(tiny_model, batch) -> None:
     assert len(list(fast.stream(ids, types, u8, max_new_tokens=5, eos_token_id=eos))) == stop
     with pytest.raises(ValueError, match="eos_check_every"):
         fast.stream(ids, types, u8, max_new_tokens=5, eos_check_every=0)
+
+
+@torch.no_grad()
+def test_both_models_take_a_sampler_and_stream_alike(tiny_model, batch) -> None:
+    """What `haic run --do-sample --stream` relies on: ``sampler=`` and ``stream`` with one
+    signature on the reference and the fast model; one seed gives both the same sampled tokens
+    (the same generator draws over logits equal to fp32 rounding), and a stream yields the
+    columns of `generate`; ``vision_embeds=`` (the chat's encoded video) gives the same."""
+    ref = tiny_model("video-chat")
+    fast = FastCogVLM2.from_reference(ref, backend="torch")
+    ids, types, u8 = batch(ref.config, QUERIES[0])
+    params = SamplingParams(do_sample=True, temperature=1.3, top_k=50, top_p=0.9,
+                            repetition_penalty=1.2, seed=11)  # fmt: skip
+    kw = dict(max_new_tokens=6, eos_token_id=list(ref.config.eos_token_ids))
+    greedy = ref.generate(ids, types, u8, **kw)
+    runs = {}
+    for name, model in (("reference", ref), ("fast", fast)):
+        got = model.generate(ids, types, u8, sampler=params.sampler(), **kw)
+        streamed = list(model.stream(ids, types, u8, sampler=params.sampler(), **kw))
+        embeds = model.encode_frames(u8)
+        again = model.generate(ids, types, vision_embeds=embeds, sampler=params.sampler(), **kw)
+        assert torch.equal(torch.stack(streamed, 1), got) and torch.equal(again, got), name
+        runs[name] = got
+    assert torch.equal(runs["fast"], runs["reference"])
+    assert not torch.equal(runs["reference"], greedy)  # the sampler was used
 
 
 def test_decode_buffers_are_reused_for_one_shape(tiny_model, batch) -> None:

@@ -124,7 +124,7 @@ class TokenBatch:
         cu = torch.zeros(len(rows) + 1, dtype=torch.int32, device=ids.device)
         cu[1:] = torch.cumsum(torch.tensor(lens, device=ids.device), 0)
         pos = build_position_ids(types, cu)
-        vocab, max_pos = config.text.vocab_size, config.text.max_position_embeddings
+        vocab, max_pos = config.text.vocab_size, config.text.position_limit
         vis = torch.zeros(len(rows) + 1, dtype=torch.long, device=ids.device)
         vis[1:] = torch.cumsum(types == VISION_TOKEN_TYPE, 0)[cu[1:].long() - 1]
         host = torch.cat([((ids < 0) | (ids >= vocab)).any().view(1), pos.max().view(1),
@@ -133,8 +133,8 @@ class TokenBatch:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab})")
         if host[1] >= max_pos:
             raise ValueError(
-                f"position_ids: ids up to {host[1]} exceed max_position_embeddings={max_pos} "
-                "(input_ids too long for this config)"
+                f"position_ids: ids up to {host[1]} exceed the {max_pos} positions of this config "
+                "(context_length, else max_position_embeddings): input_ids too long"
             )
         counts = TokenCounts.unpruned(lens, host[2:], config.tokens_per_frame)
         return cls.packed(ids, types, pos, cu, counts, host[1], config)

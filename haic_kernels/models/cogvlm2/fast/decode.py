@@ -23,7 +23,7 @@ from torch import nn
 
 from haic_kernels.ops._common import check_int
 
-from ..generate import check_max_new_tokens
+from ..generate import check_context, check_max_new_tokens
 from .batch import TokenBatch
 from .cache import StaticKVCache
 from .prefill import prefill
@@ -122,12 +122,7 @@ def steps(
     cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got input_ids on {device}")
-    max_pos = model.config.text.max_position_embeddings
-    if batch.max_position + n_new - 1 >= max_pos:
-        raise ValueError(
-            f"max_new_tokens={n_new}: positions would reach {batch.max_position + n_new - 1}, "
-            f"past max_position_embeddings={max_pos} (prompt plus new tokens too long)"
-        )
+    check_context(model.config, batch.max_position, n_new)
     return _loop(model, batch, frames, vision_embeds, prune, n_new, eos, sampler, cuda_graph,
                  timings, eos_check_every)  # fmt: skip
 

@@ -122,8 +122,11 @@ class FastDecoderLayer(nn.Module):
         self.input_layernorm = ref.input_layernorm
         self.post_attention_layernorm = ref.post_attention_layernorm
         t = config.text
+        # rope_precision: "release" rounds the angles as the release's bf16 model does; without
+        # it bf16 tokens cannot match the release's or the reference's (positions > 256).
         self.rope = dict(num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, theta=t.rope_theta,
-                         interleaved=t.rope_interleaved)  # fmt: skip
+                         interleaved=t.rope_interleaved,
+                         rope_precision=t.rope_precision)  # fmt: skip
         self.backend, self.attn_backend = backend, attn_backend
 
     def _block(
