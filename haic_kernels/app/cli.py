@@ -14,10 +14,13 @@ from types import ModuleType
 
 from ..bench import cli as bench_cli
 from . import demo, info, parity, run
+from .caption import command as caption
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: dict[str, ModuleType] = {"info": info, "demo": demo, "run": run, "parity": parity}
+COMMANDS: dict[str, ModuleType] = {
+    "info": info, "demo": demo, "run": run, "parity": parity, "caption": caption,
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
