@@ -147,6 +147,15 @@ class CaptionStore:
         except OSError as e:
             raise OutputError(f"--output {self.root}: cannot create it ({e})") from e
         self._lock()
+        try:
+            self._scan(settings)
+        except BaseException:
+            self.close()  # a refused folder is not kept locked
+            raise
+        return dict(self.done)
+
+    def _scan(self, settings: dict[str, Any]) -> None:
+        """Under the lock: temp files out, settings checked, committed ids read, twins fixed."""
         for f in [*self.shards.iterdir(), *self._twin_files()]:
             if _TMP_MARK in f.name:  # a killed run's half-written shard: never committed
                 f.unlink()
@@ -166,7 +175,6 @@ class CaptionStore:
         for twin in self._twin_files():
             if _TMP_MARK not in twin.name and not (self.shards / f"{twin.stem}.jsonl").exists():
                 twin.unlink()  # its JSONL (the commit) was deleted: the rows are not done
-        return dict(self.done)
 
     def _lock(self) -> None:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
