@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,9 @@ from ..pipeline import StageClock, answer, check_context
 from .plan import Entry
 from .store import ROW_FIELDS
 
-__all__ = ["Captioner", "Clip", "JobSpec", "decode_entries", "job_spec", "stage_key"]
+__all__ = [
+    "Captioner", "Clip", "JobSpec", "decode_batches", "decode_entries", "job_spec", "stage_key",
+]  # fmt: skip
 
 #: The `add_model_arguments` options a model stage needs to rebuild the model anywhere.
 MODEL_OPTIONS = ("config", "variant", "checkpoint", "seed", "device", "dtype", "model", "backend")
@@ -80,12 +82,16 @@ class JobSpec:
             "max_new_tokens": self.max_new_tokens,
         }
 
-    def loader(self, entries: Sequence[Entry], *, device: str | torch.device,
-               num_workers: int | None = None) -> VideoLoader:  # fmt: skip
-        """A `VideoLoader` over ``entries`` as one batch, with this job's frame options."""
+    def loader(
+        self, entries: Sequence[Entry], *, device: str | torch.device,
+        batch_size: int | None = None, num_workers: int | None = None,
+    ) -> VideoLoader:  # fmt: skip
+        """A `VideoLoader` over ``entries`` with this job's frame options (``batch_size``
+        default: all of them in one batch). Raises what `VideoLoader` raises (ValueError,
+        ImportError for a decoder that is not installed)."""
         return VideoLoader(
             [e.record for e in entries], policy=self.policy, num_frames=self.num_frames,
-            size=self.size, batch_size=max(1, len(entries)), device=device,
+            size=self.size, batch_size=batch_size or max(1, len(entries)), device=device,
             backend=self.decoder, num_workers=num_workers, preprocess=self.preprocess,
         )  # fmt: skip
 
@@ -96,6 +102,8 @@ def job_spec(args: argparse.Namespace) -> tuple[JobSpec, str | None]:
     if args.max_new_tokens < 1:
         raise SystemExit("haic caption: --max-new-tokens must be at least 1")
     device, _ = resolve_device_dtype(args)
+    if args.engine == "ray" and args.device == "auto":
+        device = torch.device("cuda")  # the model actors' GPUs, not this driver's
     config = build_config(args, device)
     if config.vision_expert:
         raise SystemExit(
@@ -130,7 +138,7 @@ class Clip:
 
 def _clips(batch: VideoBatch, entries: Sequence[Entry], decode_ms: float) -> list[Clip]:
     by_record = {id(e.record): e for e in entries}
-    each = decode_ms / max(1, len(entries))  # the loader times the batch, not each video
+    each = decode_ms / max(1, len(batch) + len(batch.errors))  # the loader times whole batches
     clips = [
         Clip(by_record[id(rec)], batch.video(b), tuple(batch.indices[b]),
              tuple(batch.timestamps[b]), batch.backends[b], decode_ms=each)
@@ -141,14 +149,29 @@ def _clips(batch: VideoBatch, entries: Sequence[Entry], decode_ms: float) -> lis
     return sorted(clips, key=lambda c: c.entry.pos)
 
 
+def decode_batches(
+    spec: JobSpec, entries: Sequence[Entry], *, batch_size: int,
+    device: str | torch.device = "cpu", num_workers: int | None = None,
+) -> Iterator[list[Clip]]:  # fmt: skip
+    """Decode ``entries`` ``batch_size`` at a time with one loader (so one DALI pipeline on a
+    GPU): each batch's clips, one per entry, in manifest order."""
+    batches = iter(spec.loader(entries, device=device, batch_size=batch_size,
+                               num_workers=num_workers))  # fmt: skip
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        yield _clips(batch, entries, (time.perf_counter() - t0) * 1e3)
+
+
 def decode_entries(
     spec: JobSpec, entries: Sequence[Entry], *, device: str | torch.device = "cpu",
     num_workers: int | None = None,
 ) -> list[Clip]:  # fmt: skip
     """Decode ``entries`` as one loader batch: one `Clip` each, in manifest order."""
-    t0 = time.perf_counter()
-    batch = next(iter(spec.loader(entries, device=device, num_workers=num_workers)))
-    return _clips(batch, entries, (time.perf_counter() - t0) * 1e3)
+    return next(decode_batches(spec, entries, batch_size=max(1, len(entries)), device=device,
+                               num_workers=num_workers), [])  # fmt: skip
 
 
 def stage_key(name: str) -> str:

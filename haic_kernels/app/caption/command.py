@@ -17,7 +17,7 @@ from pathlib import Path
 from ...models.cogvlm2 import TEMPLATES
 from ...video.frames import PREPROCESS_MODES
 from ...video.manifest import ManifestError
-from ..common import DEFAULT_PROMPT, add_model_arguments
+from ..common import DEFAULT_PROMPT, add_model_arguments, resolve_device_dtype
 from . import ray_engine
 from .captioner import Captioner, job_spec
 from .embedded import run_embedded
@@ -119,6 +119,10 @@ def _run(args, spec, store: CaptionStore, entries, done, points: TestPoints) -> 
           + (f"; {stray} rows there are of ids not in this manifest (kept)" if stray else ""),
           file=sys.stderr)  # fmt: skip
     if pending:
+        try:  # a decoder that is not installed, a device that is not there: refused here
+            spec.loader([], device="cpu" if args.engine == "ray" else resolve_device_dtype(args)[0])
+        except (ValueError, ImportError, RuntimeError) as e:
+            return _usage(str(e))
         committer = UnitCommitter(store, units, total=len(entries), progress=not args.no_progress)
         try:
             if args.engine == "ray":

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from .captioner import Captioner, JobSpec, decode_entries, stage_key
+from .captioner import Captioner, JobSpec, decode_batches, stage_key
 from .job import Throughput, UnitCommitter
 from .plan import Unit
 from .testpoints import TestPoints
@@ -33,12 +33,6 @@ from .testpoints import TestPoints
 __all__ = ["run_embedded"]
 
 _END = object()
-
-
-def _batches(units: Sequence[Unit], batch_size: int):
-    for u in units:
-        for start in range(0, len(u.entries), batch_size):
-            yield u.entries[start : start + batch_size]
 
 
 def run_embedded(
@@ -63,22 +57,31 @@ def run_embedded(
 
     def decode() -> None:
         try:
-            for group in _batches(units, batch_size):
-                t0 = time.perf_counter()
-                clips = decode_entries(spec, group, device=captioner.device,
-                                       num_workers=decode_workers)  # fmt: skip
-                decode_s[0] += time.perf_counter() - t0
-                while not stop.is_set():
-                    try:
-                        decoded.put(clips, timeout=0.5)
+            for unit in units:  # one loader per unit: its batches never straddle units
+                batches = decode_batches(
+                    spec, unit.entries, batch_size=batch_size, device=captioner.device,
+                    num_workers=decode_workers,
+                )  # fmt: skip
+                while True:
+                    t0 = time.perf_counter()
+                    clips = next(batches, None)
+                    decode_s[0] += time.perf_counter() - t0
+                    if clips is None or not _put(clips):
                         break
-                    except queue.Full:
-                        continue
                 if stop.is_set():
                     return
             decoded.put(_END)
         except BaseException as e:  # handed to the model thread, which raises it
             decoded.put(e)
+
+    def _put(clips) -> bool:
+        while not stop.is_set():  # blocks while the queue is full: backpressure
+            try:
+                decoded.put(clips, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def write() -> None:
         try:
