@@ -20,6 +20,7 @@ from ..backends import BackendUnavailable
 from ..bench import cli as bench_cli
 from ..models.cogvlm2.checkpoint_layout import CheckpointError
 from . import chat, demo, info, parity, run
+from .caption import command as caption
 from .errors import (
     EXIT_CHECKPOINT,
     EXIT_CODES_HELP,
@@ -37,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "run": run,
     "chat": chat,
     "parity": parity,
+    "caption": caption,
 }
 
 
