@@ -230,7 +230,7 @@ class Resizer:
         self.out_shape = (3, size, size) if self.release else (size, size, 3)
         self.out_dtype = np.dtype(np.float32 if self.release else np.uint8)
         r, f32 = len(self.plan.rows), np.float32
-        self._rows = np.empty((1, r, 3 * width), np.uint8)
+        self._rows = np.empty((1, r, 3 * width), np.uint8)  # re-made for a wider row pitch
         self._bytes = np.empty((1, r, 6 * size), np.uint8)
         self._scratch = _Scratch(
             pixels=np.empty((1, r, 6 * size), f32),
@@ -248,9 +248,16 @@ class Resizer:
                 f"{frame.shape}"
             )
         p, s, size = self.plan, self._scratch, self.size
-        # mode="clip" (the indices are in range by construction): with the default "raise",
-        # np.take fills a temporary and copies it into ``out``.
-        np.take(frame, p.rows, axis=0, out=self._rows[0].reshape(-1, self.width, 3), mode="clip")
+        lines = _row_bytes(frame)
+        if lines is None:  # a turned view: its rows are strided, gather them one by one
+            rows = self._rows[0, :, : 3 * self.width].reshape(-1, self.width, 3)
+            np.copyto(rows, frame[p.rows])
+        else:
+            if self._rows.shape[2] != lines.shape[1]:
+                self._rows = np.empty((1, len(p.rows), lines.shape[1]), np.uint8)
+            # mode="clip" (the indices are in range by construction): with the default
+            # "raise", np.take fills a temporary and then copies it into ``out``.
+            np.take(lines, p.rows, axis=0, out=self._rows[0], mode="clip")
         np.take(self._rows, p.cols, axis=2, out=self._bytes, mode="clip")
         np.copyto(s.pixels, self._bytes)
         res = _interpolate(s.pixels, p, self.release, np, _np_take, s)[0]
@@ -260,6 +267,31 @@ class Resizer:
             np.clip(np.rint(res, out=res), 0, 255, out=res)
             np.copyto(out, res.reshape(size, size, 3), casting="unsafe")
         return out
+
+
+def _row_bytes(frame: np.ndarray) -> np.ndarray | None:
+    """A uint8 ``[H, W, 3]`` frame whose rows are packed pixels at a row pitch (PyAV's
+    ``to_ndarray`` views: rows padded for alignment) as a C-contiguous ``[H, pitch]`` byte view of
+    the same memory, or None when the frame is laid out otherwise or its memory does not reach
+    the last row's padding. ``np.take`` copies a whole non-contiguous input before it gathers
+    (a full frame per frame); on this view it reads only the rows it takes."""
+    h, w, _ = frame.shape
+    pitch = frame.strides[0]
+    if frame.strides[1:] != (3, 1) or pitch < 3 * w:
+        return None
+    if pitch == 3 * w:
+        return frame.reshape(h, pitch)
+    owner = frame
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    try:
+        whole = np.frombuffer(owner if owner.base is None else owner.base, np.uint8)
+    except (TypeError, ValueError, BufferError):
+        return None
+    start = frame.ctypes.data - whole.ctypes.data
+    if start < 0 or start + h * pitch > whole.size:
+        return None
+    return whole[start : start + h * pitch].reshape(h, pitch)
 
 
 def _preprocess_tensor(
