@@ -13,8 +13,13 @@ the short side becomes ``size``, the long side ``floor(long / short * size)``; t
   of the resized pixels: at most ``0.5 / 255 / min(std) = 7.50e-3`` in normalized units
   (`FAST_MAX_ERROR`).
 
-Only the source pixels the crop reads are gathered (four per output pixel), so a 1080p frame
-costs a few hundred kilobytes of float work instead of a full-size float copy.
+The resize is separable and reads only what the crop needs: the source rows its output rows
+touch (each once), then the two source pixels of each output column in those rows, then the
+horizontal pass on the gathered rows and the vertical pass on the output rows, so a 1080p frame
+costs ~1 MiB of copies and float work instead of a full-size float frame. Every output pixel
+still gets exactly ``h0 * (w0 * p00 + w1 * p01) + h1 * (w0 * p10 + w1 * p11)``, the same floats
+as a per-pixel gather. `Resizer` does it one frame at a time into preallocated arrays (the
+decoders' path); `preprocess_frames` is the batch call.
 """
 
 from __future__ import annotations
@@ -233,7 +238,7 @@ class Resizer:
         self._rows = np.empty((1, r, 3 * width), np.uint8)  # re-made for a wider row pitch
         self._bytes = np.empty((1, r, 6 * size), np.uint8)
         self._scratch = _Scratch(
-            pixels=np.empty((1, r, 6 * size), f32),
+            pixels=np.empty((1, r, 6 * size), f32) if self.release else None,
             hx=np.empty((1, r, 3 * size), f32),
             hx_tmp=np.empty((1, r, 3 * size), f32),
             out=np.empty((1, size, 3 * size), f32),
@@ -259,8 +264,11 @@ class Resizer:
             # "raise", np.take fills a temporary and then copies it into ``out``.
             np.take(lines, p.rows, axis=0, out=self._rows[0], mode="clip")
         np.take(self._rows, p.cols, axis=2, out=self._bytes, mode="clip")
-        np.copyto(s.pixels, self._bytes)
-        res = _interpolate(s.pixels, p, self.release, np, _np_take, s)[0]
+        pixels = self._bytes  # "fast": the first multiply converts the bytes (exactly) as it reads
+        if self.release:  # normalized in place: floats first
+            pixels = s.pixels
+            np.copyto(pixels, self._bytes)
+        res = _interpolate(pixels, p, self.release, np, _np_take, s)[0]
         if self.release:
             np.copyto(out, res.reshape(size, size, 3).transpose(2, 0, 1))
         else:
@@ -334,11 +342,12 @@ def _np_take(x: np.ndarray, index: np.ndarray, out: np.ndarray | None) -> np.nda
 
 
 def _interpolate(pixels, plan: _Plan, release: bool, xp, take, s: _Scratch):
-    """``[N, R, 6 * S]`` float32 source bytes in `_Plan.cols` order (NumPy arrays with ``xp =
-    np``, or tensors with ``xp = torch``; overwritten) -> ``[N, S, 3 * S]``: the horizontal pass
-    on every gathered row, then the vertical one, normalized first in ``release`` mode. Each
-    output pixel gets exactly the operations of ``h0 * (w0 * p00 + w1 * p01) + h1 * (w0 * p10 +
-    w1 * p11)``: a row's horizontal value is the same float whichever output rows share it."""
+    """``[N, R, 6 * S]`` source bytes in `_Plan.cols` order, float32 (overwritten; uint8 allowed
+    unless ``release``), as NumPy arrays with ``xp = np`` or tensors with ``xp = torch`` ->
+    float32 ``[N, S, 3 * S]``: the horizontal pass on every gathered row, then the vertical one,
+    normalized first in ``release`` mode. Each output pixel gets exactly the operations of
+    ``h0 * (w0 * p00 + w1 * p01) + h1 * (w0 * p10 + w1 * p11)``: a row's horizontal value is the
+    same float whichever output rows share it."""
     if release:
         xp.divide(pixels, 255.0, out=pixels)
         xp.subtract(pixels, plan.mean, out=pixels)

@@ -9,8 +9,9 @@ stream's frame rate.
 `probe_video` reads packets only, plus the first frame for its display matrix (rotation).
 `read_frames` decodes forward once and matches each decoded frame to its index by the frame's
 own timestamp, so a frame the decoder outputs out of order, drops, or fails to decode cannot shift
-the others; each wanted frame is oriented, resized and cropped as soon as it is decoded
-(`frames.Resizer`), so memory holds one full-size frame at a time. Decode errors in
+the others; each wanted frame is converted to RGB, oriented, resized and cropped as soon as it
+is decoded (`frames.Resizer`), on one helper thread while decoding goes on, so memory holds a
+few full-size frames at a time (`MAX_PENDING_FRAMES` waiting, at most). Decode errors in
 frames nobody asked for are skipped, as ffmpeg does; a wanted frame that is missing or depends on
 corrupt data (decoded after a failed packet and before the next key frame) is an error.
 """
