@@ -4,7 +4,8 @@
 FFmpeg codec) in `pyav`, NVIDIA DALI (NVDEC on a GPU, or its CPU decoder for VP8/VP9/MJPEG) in
 `dali`; `VideoLoader` (`loader`) picks between them per video and batches the frames.
 `preprocess_frames` (`frames`) is the resize/crop/normalize of both modes (``"release"``,
-``"fast"``); `load_image` (`image`, Pillow) the image release's 1344x1344 bicubic path.
+``"fast"``), `Resizer` the same for one frame at a time into preallocated arrays; `load_image`
+(`image`, Pillow) the image release's 1344x1344 bicubic path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "FAST_MAX_ERROR": "frames",
     "Orientation": "frames",
     "PREPROCESS_MODES": "frames",
+    "Resizer": "frames",
     "preprocess_frames": "frames",
     "IMAGE_SIZE": "image",
     "ImageLoadError": "image",

@@ -9,8 +9,9 @@ stream's frame rate.
 `probe_video` reads packets only, plus the first frame for its display matrix (rotation).
 `read_frames` decodes forward once and matches each decoded frame to its index by the frame's
 own timestamp, so a frame the decoder outputs out of order, drops, or fails to decode cannot shift
-the others; each wanted frame is oriented, resized and cropped as soon as it is decoded
-(`frames.preprocess_frames`), so memory holds one full-size frame at a time. Decode errors in
+the others; each wanted frame is converted to RGB, oriented, resized and cropped as soon as it
+is decoded (`frames.Resizer`), on one helper thread while decoding goes on, so memory holds a
+few full-size frames at a time (`MAX_PENDING_FRAMES` waiting, at most). Decode errors in
 frames nobody asked for are skipped, as ffmpeg does; a wanted frame that is missing or depends on
 corrupt data (decoded after a failed packet and before the next key frame) is an error.
 """
@@ -20,7 +21,8 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -31,10 +33,10 @@ import torch
 from .frames import (
     IDENTITY,
     Orientation,
+    Resizer,
     check_mode,
-    orient,
+    orient_array,
     orientation_from_matrix,
-    preprocess_frames,
 )
 from .sampling import FrameSelection, sample_frames
 
@@ -255,34 +257,69 @@ def read_frames(
             path, f"frame {wanted[-1]} is past the end (the video has {info.num_frames} frames)"
         )
     orientation = info.orientation if autorotate else Orientation()
+    slot = {i: k for k, i in enumerate(wanted)}
+    if size is None:
+        buf: np.ndarray | None = None
 
-    def transform(arr: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(arr).unsqueeze(0)
-        if size is None:
-            return orient(t, orientation)[0].contiguous()
-        return preprocess_frames(t, size, preprocess, orientation=orientation)[0]
+        def transform(arr: np.ndarray, i: int) -> np.ndarray:
+            # NumPy's copy, not torch's: a torch copy of a full frame wakes its thread pool.
+            return np.ascontiguousarray(orient_array(arr, orientation))
+    else:
+        # Each frame is preprocessed into its slot as it comes out of the decoder: one output
+        # array for the whole call, no full-size copy kept, no allocation per frame.
+        resizers: dict[tuple[int, ...], Resizer] = {}
+        buf = None
+
+        def transform(arr: np.ndarray, i: int) -> np.ndarray:
+            nonlocal buf
+            arr = orient_array(arr, orientation)
+            resizer = resizers.get(arr.shape)
+            if resizer is None:
+                resizer = resizers[arr.shape] = Resizer(*arr.shape[:2], size, preprocess)
+            if buf is None:
+                buf = np.empty((len(wanted), *resizer.out_shape), resizer.out_dtype)
+            return resizer(arr, buf[slot[i]])
 
     got = _decode_wanted(path, info, set(wanted), transform)
-    frames = torch.stack([got[i][0] for i in indices])
+    if buf is not None and list(indices) == wanted:
+        frames = torch.from_numpy(buf)  # the usual case: sorted, no repeats
+    else:
+        frames = torch.from_numpy(np.stack([got[i][0] for i in indices]))
     return DecodedFrames(
         frames, tuple(int(i) for i in indices), tuple(got[i][1] for i in indices), orientation
     )
 
 
+#: Decoded frames waiting for `read_frames`' helper thread at most; then the decoding waits.
+#: Each holds one full-size frame; two keep the helper busy when wanted frames come close.
+MAX_PENDING_FRAMES = 2
+
+
+def _to_rgb_then(transform, frame, i: int) -> np.ndarray:
+    return transform(frame.to_ndarray(format="rgb24"), i)
+
+
 def _decode_wanted(path, info: VideoInfo, wanted: set[int], transform) -> dict:
-    """index -> (transformed frame, timestamp) for every wanted index, or VideoDecodeError."""
+    """index -> (transformed frame, timestamp) for every wanted index, or VideoDecodeError.
+
+    ``transform(rgb, index)`` runs on one helper thread while this thread goes on decoding:
+    the RGB conversion and the preprocessing overlap the decoder instead of stalling it (a
+    plain forward pass keeps about one core of two busy; measured in the README)."""
     av = _import_av()
     slots: dict[int, list[int]] = defaultdict(list)  # pts -> indices (duplicate pts keep order)
     if info.pts is not None:
         for i, p in enumerate(info.pts):
             slots[p].append(i)
     start = info.pts[0] if info.pts is not None else 0
-    got: dict[int, tuple[torch.Tensor, float]] = {}
+    times: dict[int, float] = {}
+    results: dict[int, Future] = {}
+    pending: deque[Future] = deque()
     damaged: dict[int, str] = {}
     error: str | None = None  # what failed, since the last key frame
     output = 0
     last_error = None
     container = _open(path)
+    helper = ThreadPoolExecutor(1, thread_name_prefix="haic-frames")
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -307,18 +344,24 @@ def _decode_wanted(path, info: VideoInfo, wanted: set[int], transform) -> dict:
                 after_error = error is not None
                 if after_error and frame.key_frame and not frame.is_corrupt:
                     error, after_error = None, False  # a key frame resets the references
-                if i in wanted and i not in got:
+                if i in wanted and i not in times:
                     if after_error or frame.is_corrupt:
                         why = error or "the decoder flagged it corrupt"
                         damaged[i] = why
-                    got[i] = (transform(frame.to_ndarray(format="rgb24")), t)
-            if len(got) == len(wanted):
+                    times[i] = t
+                    results[i] = helper.submit(_to_rgb_then, transform, frame, i)
+                    pending.append(results[i])
+                    while len(pending) > MAX_PENDING_FRAMES:
+                        pending.popleft().result()
+            if len(times) == len(wanted):
                 break
+        got = {i: (fut.result(), times[i]) for i, fut in results.items()}
     except VideoDecodeError:
         raise
     except Exception as e:
         raise VideoDecodeError(path, f"decoding failed ({type(e).__name__}: {e})") from e
     finally:
+        helper.shutdown(wait=True, cancel_futures=True)
         container.close()
     if damaged:
         i = min(damaged)

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
 from haic_kernels.video import FAST_MAX_ERROR, Orientation, preprocess_frames
-from haic_kernels.video.frames import orient, orientation_from_matrix, resize_geometry
+from haic_kernels.video.frames import (
+    Resizer,
+    _preprocess_tensor,
+    orient,
+    orient_array,
+    orientation_from_matrix,
+    resize_geometry,
+)
 
 
 def _release_video(frames_thwc: torch.Tensor, size: int) -> torch.Tensor:
@@ -102,6 +109,78 @@ def test_orientation_then_resize() -> None:
     turned = torch.rot90(frames, 1, dims=(1, 2))
     assert torch.equal(preprocess_frames(frames, 24, orientation=o), preprocess_frames(turned, 24))
     assert torch.equal(orient(frames, Orientation(2, hflip=True)), frames.flip(1))  # a vflip
+
+
+def _padded_view(frames: np.ndarray) -> np.ndarray:
+    """The frames as a view with padded rows, as PyAV's ``to_ndarray`` returns them."""
+    n, h, w, c = frames.shape
+    store = np.zeros((n, h, w + 5, c), np.uint8)
+    store[:, :, :w] = frames
+    return store[:, :, :w]
+
+
+@pytest.mark.parametrize("mode", ["fast", "release"])
+def test_resizer_matches_preprocess_frames_on_views(mode: str) -> None:
+    """The decoders' per-frame `Resizer` on padded and oriented (rot90 / flip) views gives the
+    numbers `preprocess_frames` gives for the contiguous, oriented frames."""
+    g = np.random.default_rng(5)
+    frames = g.integers(0, 256, (2, 45, 70, 3), dtype=np.uint8)
+    for o in (Orientation(), Orientation(1), Orientation(3, hflip=True), Orientation(2, True)):
+        view = orient_array(_padded_view(frames), o)
+        resizer = Resizer(view.shape[1], view.shape[2], 24, mode)
+        out = np.full((2, *resizer.out_shape), 7, resizer.out_dtype)
+        for k in range(2):
+            slot = out[k]
+            assert resizer(view[k], slot) is slot
+        ref = preprocess_frames(orient(torch.from_numpy(frames), o).contiguous(), 24, mode)
+        assert torch.equal(torch.from_numpy(out), ref), o
+
+
+@pytest.mark.parametrize("mode", ["fast", "release"])
+@pytest.mark.parametrize("h,w,size", [(97, 61, 40), (1080, 1920, 224), (35, 36, 16)])
+def test_tensor_path_is_the_numpy_path(mode: str, h: int, w: int, size: int) -> None:
+    """The torch-op path (DALI's GPU frames) is the same arithmetic: run it on CPU tensors."""
+    g = torch.Generator().manual_seed(h * w)
+    frames = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8, generator=g)
+    for o in (None, Orientation(1, hflip=True)):
+        got = _preprocess_tensor(frames, size, mode == "release", o)
+        assert torch.equal(got, preprocess_frames(frames, size, mode, orientation=o))
+
+
+def test_resizer_allocates_nothing_per_frame() -> None:
+    """Per-frame temporaries of a few MiB cost more in page faults than the arithmetic: after
+    its first frame a `Resizer` allocates nothing (tracemalloc sees NumPy's buffers)."""
+    import tracemalloc
+
+    g = np.random.default_rng(2)
+    frames = _padded_view(g.integers(0, 256, (3, 480, 854, 3), dtype=np.uint8))
+    for mode in ("fast", "release"):
+        resizer = Resizer(480, 854, 224, mode)
+        out = np.empty((3, *resizer.out_shape), resizer.out_dtype)
+        resizer(frames[0], out[0])
+        tracemalloc.start()
+        try:
+            for k in (1, 2):
+                resizer(frames[k], out[k])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # NumPy's casting loops keep buffers of 8192 elements (64 KiB); one 480p input frame
+        # is 1.2 MiB, the temporaries of a resize several MiB.
+        assert peak < 256 * 1024, (mode, peak)
+
+
+def test_resizer_checks_the_frame() -> None:
+    resizer = Resizer(40, 60, 16)
+    out = np.empty(resizer.out_shape, resizer.out_dtype)
+    with pytest.raises(ValueError, match="frame must be uint8"):
+        resizer(np.zeros((40, 61, 3), np.uint8), out)
+    with pytest.raises(ValueError, match="frame must be uint8"):
+        resizer(np.zeros((40, 60, 3), np.float32), out)
+    with pytest.raises(ValueError, match="preprocess"):
+        Resizer(40, 60, 16, "exact")
+    with pytest.raises(ValueError, match="size"):
+        Resizer(40, 60, 0)
 
 
 def test_orientation_from_display_matrices() -> None:

@@ -10,7 +10,13 @@ import torch
 
 av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
 
-from haic_kernels.video import VideoDecodeError, decode_frames, load_video, probe_video  # noqa: E402
+from haic_kernels.video import (  # noqa: E402
+    VideoDecodeError,
+    decode_frames,
+    load_video,
+    preprocess_frames,
+    probe_video,
+)
 from haic_kernels.video.synthetic import read_index, write_clip  # noqa: E402
 
 CODECS = ["libvpx-vp9", "libx264", "mjpeg"]
@@ -40,6 +46,33 @@ def test_decode_picks_the_asked_frames(clip: Path) -> None:
     frames = decode_frames(clip, indices)
     assert frames.dtype == torch.uint8 and frames.shape == (5, 48, 80, 3)
     assert [read_index(f.numpy()) for f in frames] == indices
+
+
+@pytest.mark.parametrize("mode", ["fast", "release"])
+def test_frames_preprocessed_while_decoding_are_the_full_frames_preprocessed(
+    clip: Path, mode: str
+) -> None:
+    """Each wanted frame is preprocessed on the helper thread as it is decoded; in any order,
+    with repeats, it is the full-resolution frame put through `preprocess_frames`."""
+    for indices in ([0, 5, 17, 36], [36, 0, 5, 5, 17]):
+        full = decode_frames(clip, indices)
+        got = decode_frames(clip, indices, 32, preprocess=mode)
+        assert torch.equal(got, preprocess_frames(full, 32, mode))
+
+
+def test_a_failing_preprocess_is_an_error_naming_the_file(clip: Path, monkeypatch) -> None:
+    import threading
+
+    from haic_kernels.video import frames as frames_mod
+
+    def broken(self, frame, out):
+        raise MemoryError("no room")
+
+    before = threading.active_count()
+    monkeypatch.setattr(frames_mod.Resizer, "__call__", broken)
+    with pytest.raises(VideoDecodeError, match=rf"{clip.name}: decoding failed.*no room"):
+        decode_frames(clip, [0, 20], 32)
+    assert threading.active_count() == before  # the helper thread is gone
 
 
 def test_load_video_chat_policy(clip: Path) -> None:
