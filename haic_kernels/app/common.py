@@ -205,6 +205,20 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str) -> None:
 # ---- the steps of `prepare`, each usable alone ------------------------------------------------
 
 
+def preprocess_option(args: argparse.Namespace) -> str:
+    """``--preprocess``, default: "release" with ``--checkpoint`` (the release's tokens), else
+    "fast"."""
+    return args.preprocess or ("release" if args.checkpoint is not None else "fast")
+
+
+def max_new_tokens_option(args: argparse.Namespace) -> int:
+    """``--max-new-tokens``, default: the demos' 2048 with ``--checkpoint``, else 8 (not cut to
+    a prompt's context here: `Setup.new_tokens` does that per prompt)."""
+    if args.max_new_tokens is not None:
+        return args.max_new_tokens
+    return CHECKPOINT_MAX_NEW_TOKENS if args.checkpoint is not None else RANDOM_MAX_NEW_TOKENS
+
+
 def resolve_device_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """(device, dtype) from ``--device`` / ``--dtype`` ("auto": cuda + bf16 if there is one);
     a usage error when the device is not on this machine."""
@@ -419,7 +433,7 @@ def prepare(
     template, policy, warning = resolve_template(config, args.template, release=release)
     if warning is not None:
         warn(prog, warning)
-    preprocess = args.preprocess or ("release" if checkpoint is not None else "fast")
+    preprocess = preprocess_option(args)
     return Setup(
         prog,
         device,

@@ -24,7 +24,6 @@ import argparse
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +34,8 @@ from ..common import (
     build_config,
     build_model,
     load_tokenizer,
+    max_new_tokens_option,
+    preprocess_option,
     resolve_device_dtype,
     select_model,
 )
@@ -101,8 +102,6 @@ def job_spec(args: argparse.Namespace) -> tuple[JobSpec, str | None]:
     """The `JobSpec` of ``haic caption``'s options and the template warning (or None).
     Reads only the checkpoint's config; raises `CommandError` (status 2) for options a user
     must fix."""
-    if args.max_new_tokens < 1:
-        raise usage_error("--max-new-tokens must be at least 1")
     device, _ = resolve_device_dtype(args)
     if args.engine == "ray" and args.device == "auto":
         device = torch.device("cuda")  # the model actors' GPUs, not this driver's
@@ -112,15 +111,15 @@ def job_spec(args: argparse.Namespace) -> tuple[JobSpec, str | None]:
             f"{config.name} is the image model (one image per prompt); "
             "captioning takes a video model (--variant video-chat / video-base)"
         )
-    release = None if args.checkpoint is None else Path(args.checkpoint).name
+    release = None if args.checkpoint is None else str(args.checkpoint)
     try:
         template, policy, warning = resolve_template(config, args.template, release=release)
     except ValueError as e:
         raise usage_error(f"--template: {e}") from e
     options = {k: getattr(args, k) for k in MODEL_OPTIONS}
     spec = JobSpec(options, config.name, template, policy, config.max_frames,
-                   config.vision.image_size, args.preprocess, args.decoder, args.prompt,
-                   args.max_new_tokens)  # fmt: skip
+                   config.vision.image_size, preprocess_option(args), args.decoder,
+                   args.prompt, max_new_tokens_option(args))  # fmt: skip
     return spec, warning
 
 

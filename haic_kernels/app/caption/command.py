@@ -8,14 +8,11 @@ a bad or duplicated manifest line, an output folder of another set-up or in use)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from ...models.cogvlm2 import TEMPLATES
-from ...video.frames import PREPROCESS_MODES
 from ...video.manifest import ManifestError
 from ..common import DEFAULT_PROMPT, add_model_arguments, resolve_device_dtype
 from ..errors import usage_error
@@ -38,12 +35,6 @@ DESCRIPTION = (
     "resumes where it stopped. --engine embedded (default): decode threads ahead of the model "
     "in this process. --engine ray: Ray Data, CPU decode actors and GPU model actors."
 )
-
-
-def _add_unless_present(p: argparse.ArgumentParser, flag: str, **kw) -> None:
-    """Add ``flag`` unless the shared model options already define it (they may grow)."""
-    with contextlib.suppress(argparse.ArgumentError):
-        p.add_argument(flag, **kw)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,10 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(
         p, model_help="auto: the fast model on every device (it takes ragged batches)"
     )
-    _add_unless_present(p, "--template", default=None, choices=TEMPLATES,
-                        help="prompt template (default: the release demos' choice)")  # fmt: skip
-    _add_unless_present(p, "--preprocess", default="fast", choices=PREPROCESS_MODES,
-                        help="frame preprocessing (see README, Video input)")  # fmt: skip
 
 
 def _usage(message: str) -> int:
