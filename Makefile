@@ -1,6 +1,6 @@
 # Two entry points do the whole set-up on a fresh machine, then run:
 #   make test   - virtual environment, torch, the package with its extras, the CUDA extension
-#                 (when nvcc is present), then the test suite and a benchmark smoke run
+#                 (when nvcc is present), then lint, the test suite and a benchmark smoke run
 #   make demo   - the same set-up, then `haic demo`
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,6 +13,8 @@ EXTRAS ?= dev,bench,video
 TORCH_CPU_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): every core; CI's 2 cores halve the suite's wall time.
+PYTEST_WORKERS ?= auto
 
 .PHONY: setup test test-ray demo lint format bench gpu-suite clean
 
@@ -33,7 +35,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 # The Ray Data test of `haic caption` (skipped by `make test` unless EXTRAS holds ray: the extra
