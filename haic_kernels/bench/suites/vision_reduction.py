@@ -50,11 +50,16 @@ SHAPES: dict[str, list[tuple[str, str, dict, int, torch.dtype]]] = {
 }
 
 
-def merge_for_half(num_layers: int, tokens: int) -> int:
-    """The smallest r whose `VisionMerge(r)` in every block at most halves the tower's FLOPs."""
-    base = tower_flops(1, 4, predict_trace(num_layers, [tokens], None))
+def merge_for_half(num_layers: int, tokens: int, hidden: int, intermediate: int) -> int:
+    """The smallest r whose `VisionMerge(r)` in every block at most halves the FLOPs of a
+    tower of ``num_layers`` blocks over frames of ``tokens`` tokens (`tower_flops`)."""
+
+    def flops(merge: VisionMerge | None) -> float:
+        return tower_flops(hidden, intermediate, predict_trace(num_layers, [tokens], merge))
+
+    base = flops(None)
     for r in range(1, tokens):
-        if tower_flops(1, 4, predict_trace(num_layers, [tokens], VisionMerge(r))) <= base / 2:
+        if flops(VisionMerge(r)) <= base / 2:
             return r
     return tokens
 
@@ -98,7 +103,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
                 x = state["tower"].embed_patches(frames)
             return (x, frames)
 
-        r_half = merge_for_half(v.num_layers, v.num_positions)
+        r_half = merge_for_half(v.num_layers, v.num_positions, v.hidden_size, v.intermediate_size)
         settings: list[tuple[str, VisionReduction | None]] = [("dense", None)]
         for r in sorted({max(r_half // 2, 1), r_half}):
             settings.append((f"merge r={r}", VisionReduction(merge=VisionMerge(r))))
