@@ -36,7 +36,8 @@ from typing import ClassVar
 import torch
 
 from haic_kernels.ops._common import check_int
-from haic_kernels.ops.token_merge import bipartite_match, max_merges, merge_packed, patch_difference
+from haic_kernels.ops.token_merge import max_merges, patch_difference
+from haic_kernels.ops.token_merge.api import match_unchecked, merge_unchecked
 from haic_kernels.ops.token_prune import gather_rows
 from haic_kernels.pruning.protocol import BEFORE_VISION, IN_VISION, TokenCounts
 
@@ -228,19 +229,22 @@ def merge_step(
     tokens: TowerTokens, h: torch.Tensor, k: torch.Tensor, r: int, backend: str = "auto"
 ) -> TowerTokens:
     """One ToMe step on the block's ``h`` [T, Dv] with metric the keys ``k`` [T, H, Dh] (mean
-    over heads): `bipartite_match`, then `merge_packed`. Returns the new `TowerTokens` (x = the
-    merged ``h``)."""
+    over heads): `bipartite_match`, then `merge_packed` (their unchecked entry points: the
+    arguments are built here). Returns the new `TowerTokens` (x = the merged ``h``)."""
     merges = merge_counts(tokens.lengths, r)
     if not any(merges):
         return replace(tokens, x=h)
     metric = k.to(torch.float32).mean(dim=1)
     dev = h.device
-    target = bipartite_match(metric, tokens.cu_seqlens, torch.tensor(merges, device=dev),
-                             max_seqlen=tokens.max_seqlen, backend=backend)  # fmt: skip
+    # Valid by construction (host counts, clamped r, the matcher's own targets): the unchecked
+    # entry points skip the device-side value checks (see ops.token_merge.api).
+    r_dev = torch.tensor(merges, dtype=torch.int32).to(dev, non_blocking=True)
+    target = match_unchecked(metric, tokens.cu_seqlens, r_dev, tokens.max_seqlen, backend)
     sizes = tokens.sizes
     if sizes is None:
         sizes = torch.ones(h.shape[0], dtype=torch.float32, device=dev)
-    x, sizes, row = merge_packed(h, sizes, target, kept=h.shape[0] - sum(merges), backend=backend)
+    x, sizes, row = merge_unchecked(h.contiguous(), sizes, target, h.shape[0] - sum(merges),
+                                    backend)  # fmt: skip
     lengths = [n - m for n, m in zip(tokens.lengths, merges)]
     return TowerTokens(x, _cu(lengths, dev), lengths, sizes, row[tokens.rows], tokens.source,
                        tokens.trace)  # fmt: skip

@@ -19,6 +19,7 @@ from haic_kernels.models.cogvlm2.vision_reduce import reduced_tower_reference
 from haic_kernels.ops.attention import attention
 from haic_kernels.pruning import (
     Compose,
+    Salient,
     StaticPatches,
     Temporal,
     TextGuided,
@@ -28,6 +29,7 @@ from haic_kernels.pruning import (
     plan_vision,
 )
 from haic_kernels.pruning.vision import merge_counts, static_keep, tower_flops
+from tests._triton import needs_triton_cpu
 
 # fp32 on CPU: the fast ops (packed varlen attention, fused QKV views) against stock torch per
 # frame; observed ~1e-6, so 1e-5 still catches a wrong merge or fill (those move 1e-2 and more).
@@ -218,3 +220,49 @@ def test_needs_frames_and_uint8(models, tiny_prompts, seed):
     embeds = fast.encode_frames(torch.cat(fr))
     with pytest.raises(ValueError, match="run inside the vision tower: pass frames"):
         fast(ids, types, vision_embeds=embeds, lengths=lens, prune=VisionMerge(r=2))
+
+
+@torch.no_grad()
+def test_cls_scores_through_the_packed_tower(models, tiny_prompts, seed):
+    """Salient after a reduced tower: the CLS attention per position. Nothing reduced: the dense
+    tower's scores; merged: each frame's mass still sums to 1 (a merged token's share spread
+    evenly over its positions); the whole model runs with the composition."""
+    ref, fast = models
+    v = ref.config.vision
+    vis = fast.model.vision
+    frames = _frames(3, v.image_size, seed)
+    x = vis.embed_patches(frames)
+    _, dense = vis.run_vision_tower(x, cls_scores=True)
+    nothing = plan_vision(StaticPatches(threshold=0), v.num_layers)  # random frames: none repeat
+    _, got, _ = run_reduced_tower(vis, x, nothing, frames, cls_scores=True)
+    assert _rel(got, dense) < FP32_REL
+    merged = plan_vision(VisionMerge(r=9), v.num_layers)
+    _, got, tok = run_reduced_tower(vis, x, merged, frames, cls_scores=True)
+    assert tok.lengths != [v.num_positions] * 3
+    torch.testing.assert_close(got.sum(1), torch.ones(3), rtol=1e-5, atol=1e-5)
+    prompts, fr = _batch(fast, tiny_prompts, seed)
+    ids, types, lens = pad_prompts(prompts)
+    out = fast(ids, types, torch.cat(fr), lengths=lens,
+               prune=Compose((VisionMerge(r=4), Salient(0.5))))  # fmt: skip
+    assert out.logits.shape[0] == 2 and out.prune is not None
+
+
+@needs_triton_cpu
+@torch.no_grad()
+def test_triton_tower_equals_torch_tower(tiny_model, seed):
+    """The packed tower on the Triton backends (attention with key_bias, matcher, merge; under
+    the interpreter) against the torch backends: the same merges, outputs to fp32 rounding."""
+    ref = tiny_model("video-chat", text={"num_layers": 1}, vision={"num_layers": 2})
+    v = ref.config.vision
+    frames = _odd_clip(v.image_size, v.patch_size, seed)[3:]
+    reduction = plan_vision(Compose((StaticPatches(10), VisionMerge(r=6))), v.num_layers)
+    cu = torch.tensor([0, 2], dtype=torch.int32)
+    outs = []
+    for backend in ("torch", "triton"):
+        vis = FastCogVLM2.from_reference(ref, backend=backend).model.vision
+        x = vis.embed_patches(frames)
+        got, _, tok = run_reduced_tower(vis, x, reduction, frames, cu)
+        outs.append((got, tok.lengths, tok.trace))
+    (a, la, ta), (b, lb, tb) = outs
+    assert la == lb and ta == tb
+    assert _rel(b, a) < FP32_REL

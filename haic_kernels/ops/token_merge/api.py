@@ -174,3 +174,35 @@ def patch_difference(
     prev = torch.where(starts[:n], torch.full_like(ar, -1), ar - 1)
     chosen = PATCH_DIFF.resolve(backend, frames.device)
     return torch.ops.haic_kernels.token_merge_patch_difference(frames, prev, patch, chosen)
+
+
+# ---- the tower's own calls -------------------------------------------------------------------
+# `pruning.vision.merge_step` builds every argument itself (cu_seqlens and r from host counts,
+# target from `bipartite_match`), so the VALUE checks above (device asserts on CUDA: about 15
+# small launches per merging block, more than the kernels themselves) prove nothing there. These
+# two keep the shape/dtype checks (host only) and skip the value checks; nothing else calls them.
+
+
+def match_unchecked(
+    metric: torch.Tensor, cu_seqlens: torch.Tensor, r: torch.Tensor, max_seqlen: int,
+    backend: str = "auto",
+) -> torch.Tensor:  # fmt: skip
+    """`bipartite_match` without its value checks (see above): cu_seqlens int32 [N+1], r [N]."""
+    metric = check_tensor("metric", metric, dims=2, dtypes=FLOATS, layout="contiguous")
+    check_tensor("cu_seqlens", cu_seqlens, dims=1, dtypes=(torch.int32,), device=metric.device)
+    check_tensor("r", r, dims=1, dtypes=INTS, device=metric.device)
+    chosen = MATCH.resolve(backend, metric.device)
+    return torch.ops.haic_kernels.token_merge_match(
+        metric, cu_seqlens, r.to(torch.int32), max_seqlen, chosen
+    )
+
+
+def merge_unchecked(
+    x: torch.Tensor, sizes: torch.Tensor, target: torch.Tensor, kept: int, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`merge_packed` without its value checks (see above): target int64 from the matcher."""
+    x = check_tensor("x", x, dims=2, dtypes=FLOATS, layout="contiguous")
+    sizes = check_tensor("sizes", sizes, dims=1, dtypes=(torch.float32,), layout="contiguous")
+    target = check_tensor("target", target, dims=1, dtypes=(torch.int64,), layout="contiguous")
+    chosen = MERGE.resolve(backend, x.device)
+    return torch.ops.haic_kernels.token_merge_merge(x, sizes, target, kept, chosen)
