@@ -23,6 +23,7 @@ from haic_kernels.ops._common import (
 )
 from haic_kernels.ops.token_merge.ops import MATCH, MERGE, OP, PATCH_DIFF
 from haic_kernels.ops.token_merge.reference import NO_PREVIOUS
+from haic_kernels.ops.token_prune.api import previous_frames
 
 __all__ = ["BACKENDS", "NO_PREVIOUS", "bipartite_match", "max_merges", "merge_packed",
            "patch_difference"]  # fmt: skip
@@ -164,14 +165,7 @@ def patch_difference(
             f"frames: expected square frames whose side is a multiple of patch={patch}, got "
             f"{tuple(frames.shape)}"
         )
-    if cu_frames is None:
-        cu = torch.tensor([0, n], dtype=torch.int32, device=frames.device)
-    else:
-        cu = check_cu_seqlens("cu_frames", cu_frames, n, frames.device, what="frames")
-    starts = torch.zeros(n + 1, dtype=torch.bool, device=frames.device)
-    starts[cu[:-1].long().clamp(0, n)] = True
-    ar = torch.arange(n, device=frames.device, dtype=torch.int32)
-    prev = torch.where(starts[:n], torch.full_like(ar, -1), ar - 1)
+    prev = previous_frames(cu_frames, n, frames.device)
     chosen = PATCH_DIFF.resolve(backend, frames.device)
     return torch.ops.haic_kernels.token_merge_patch_difference(frames, prev, patch, chosen)
 
