@@ -16,7 +16,7 @@ import torch
 from .. import backends
 from ..models.cogvlm2 import VARIANTS, build_prompt, get_config, stack_prompts
 from ..models.cogvlm2.fast.model import BACKENDS
-from ..pruning import Compose, StaticPatches, VisionMerge
+from ..pruning import Compose, StaticPatches, Temporal, TextGuided, VisionMerge
 from ..testing.model_parity import build_models, make_inputs, max_clip_frames, run_parity
 from ..testing.parity_report import write_json
 from ..testing.reduction_report import format_reduction, reduction_report
@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reduce", action="append", type=reduce_option, default=[], metavar="SPEC",
         help="also report token reduction inside the vision tower against none (repeatable): "
         "'merge:R' (ToMe, R pairs per frame in every block), 'merge:R@A-B' (blocks A..B), "
-        "'static:T' (skip patches within T of the previous frame), joined by '+'",
+        "'static:T' (skip patches within T of the previous frame), joined by '+' and with "
+        "LM-side pruning: 'temporal:K' (keep ratio K), 'text:K@L' (text-guided at layer L)",
     )  # fmt: skip
 
 
@@ -105,8 +106,13 @@ def reduce_option(spec: str) -> tuple[str, object]:
                     lo, _, hi = blocks.partition("-")
                     layers = tuple(range(int(lo), int(hi or lo) + 1))
                 policies.append(VisionMerge(int(r), layers))
+            elif kind == "temporal":
+                policies.append(Temporal(float(arg)))
+            elif kind == "text":
+                ratio, _, layer = arg.partition("@")
+                policies.append(TextGuided(float(ratio), layer=int(layer or 2)))
             else:
-                raise ValueError(f"unknown kind {kind!r} (merge or static)")
+                raise ValueError(f"unknown kind {kind!r} (merge, static, temporal or text)")
     except (ValueError, TypeError) as e:
         raise argparse.ArgumentTypeError(f"{spec!r}: {e}") from None
     return spec, policies[0] if len(policies) == 1 else Compose(tuple(policies))

@@ -57,7 +57,9 @@ def reduction_report(
 ) -> list[ReductionRow]:
     """Rows for "none" and each of ``settings`` (name -> ``prune=`` option) on a `FastCogVLM2`
     ``model``: ``input_ids``/``token_type_ids`` [B, S] (equal rows), ``frames`` every row's
-    uint8 frames in order."""
+    uint8 frames in order. A setting's changes are against the same LM-side pruning without
+    the vision-tower policies (what the tower's reduction adds); a setting with LM-side
+    policies only therefore runs the whole tower and shows no change."""
     cfg = model.config
     v = cfg.vision
     per_video = (token_type_ids.eq(VISION_TOKEN_TYPE).sum(1) // cfg.tokens_per_frame).tolist()
@@ -71,10 +73,11 @@ def reduction_report(
                         full[-1][2] if full else 0, 0.0, 0.0, True)]  # fmt: skip
     for name, prune in settings.items():
         reduction = plan_vision(prune, v.num_layers)
-        if reduction is None:
-            raise ValueError(f"settings[{name!r}]: holds no StaticPatches / VisionMerge")
-        x = model.run_reduced_tower(x0, reduction, frames, per_video)
-        trace = model.model.vision.reduction_trace
+        if reduction is None:  # LM-side pruning only: the whole tower runs
+            x, trace = model.run_vision_tower(x0), full
+        else:
+            x = model.run_reduced_tower(x0, reduction, frames, per_video)
+            trace = model.model.vision.reduction_trace
         flops = tower_flops(v.hidden_size, v.intermediate_size, trace)
         rows = model.compress_and_adapt(x)
         lm = lm_policies(prune)

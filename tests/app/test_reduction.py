@@ -13,7 +13,7 @@ from haic_kernels.app.parity import reduce_option
 from haic_kernels.app.pipeline import answer
 from haic_kernels.bench.suites.vision_reduction import merge_for_half
 from haic_kernels.models.cogvlm2 import ByteTokenizer, FastCogVLM2, build_prompt, stack_prompts
-from haic_kernels.pruning import Compose, StaticPatches, Temporal, VisionMerge
+from haic_kernels.pruning import Compose, StaticPatches, Temporal, TextGuided, VisionMerge
 from haic_kernels.pruning.vision import lm_policies, predict_trace, tower_flops
 from haic_kernels.testing.reduction_report import format_reduction, reduction_report
 
@@ -59,8 +59,9 @@ def test_reduction_report(setup):
     # frame 1 repeats frame 0 exactly: its filled output is what the full tower computes
     assert static.adapter_rel_change == 0.0 and static.logits_rel_change == 0.0
     assert "static" in format_reduction(rows)
-    with pytest.raises(ValueError, match="holds no StaticPatches / VisionMerge"):
-        reduction_report(fast, ids, types, frames, {"lm": Temporal(0.5)})
+    (lm,) = reduction_report(fast, ids, types, frames, {"lm": Temporal(0.5)})[1:]
+    assert lm.vit_flops_ratio == 1.0 and lm.tokens_out == none.tokens_out
+    assert lm.adapter_rel_change == 0.0
 
 
 def test_reduce_option():
@@ -68,6 +69,8 @@ def test_reduce_option():
     assert spec == "static:4+merge:8@2-5"
     assert policy == Compose((StaticPatches(4), VisionMerge(8, (2, 3, 4, 5))))
     assert reduce_option("merge:3")[1] == VisionMerge(3)
+    combined = Compose((VisionMerge(5), Temporal(0.5), TextGuided(0.25, layer=1)))
+    assert reduce_option("merge:5+temporal:0.5+text:0.25@1")[1] == combined
     for bad, why in (("merge:0", "r: expected an int >= 1"), ("zoom:2", "unknown kind"),
                      ("static:300", "threshold"), ("merge:x", "invalid literal")):  # fmt: skip
         with pytest.raises(argparse.ArgumentTypeError, match=why):
