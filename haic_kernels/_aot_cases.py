@@ -199,6 +199,25 @@ def token_prune_cases() -> Iterator[Case]:
         yield _case("token_prune", "_gather_rows_kernel", word, types, consts, warps=w)
 
 
+def token_merge_cases() -> Iterator[Case]:
+    from haic_kernels.ops.token_merge import triton as m
+
+    w = m._NUM_WARPS
+    # The metric is the vision keys' head mean in fp32 (D = 112 -> BLOCK_D 128).
+    types = {"m_ptr": "*fp32", "cu_ptr": "*i32", "best_ptr": "*fp32", "match_ptr": "*i64"}
+    consts = dict(BLOCK_A=m._MATCH_BLOCK_A, BLOCK_B=m._MATCH_BLOCK_B, BLOCK_D=128)
+    yield _case("token_merge", "_match_kernel", "fp32,D=112", types, consts, warps=w)
+    types = {"best_ptr": "*fp32", "match_ptr": "*i64", "cu_ptr": "*i32", "r_ptr": "*i32",
+             "target_ptr": "*i64"}  # fmt: skip
+    yield _case("token_merge", "_rank_kernel", "fp32", types, dict(BLOCK=m._RANK_BLOCK), warps=w)
+    for dt in FLOATS:
+        types = {"x_ptr": PTR[dt], "sizes_ptr": "*fp32", "stay_ptr": "*i64", "start_ptr": "*i64",
+                 "count_ptr": "*i64", "order_ptr": "*i64", "out_ptr": PTR[dt],
+                 "new_sizes_ptr": "*fp32"}  # fmt: skip
+        consts = dict(BLOCK_D=m._MERGE_BLOCK_D)
+        yield _case("token_merge", "_merge_kernel", dt, types, consts, warps=w)
+
+
 def attention_cases() -> Iterator[Case]:
     from haic_kernels.ops.attention import triton as m
 
@@ -207,13 +226,16 @@ def attention_cases() -> Iterator[Case]:
         for d in (64, 112, 128):
             block_d = max(16, 1 << (d - 1).bit_length())
             ptrs = {p: PTR[dt] for p in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}
-            ptrs.update(lse_ptr="*fp32", cu_q_ptr="*i32", cu_k_ptr="*i32", ids_ptr="*i32")
+            ptrs.update(lse_ptr="*fp32", cu_q_ptr="*i32", cu_k_ptr="*i32", ids_ptr="*i32",
+                        bias_ptr="*fp32")  # fmt: skip
             ptrs["qk_scale"] = "fp32"
             # The language model's mask (packed, causal + frame block ids, LSE kept): the most
-            # code; the vision tower's plain packed non-causal mask for D=112.
-            flags = dict(CAUSAL=True, HAS_IDS=True, VARLEN=True, STORE_LSE=True)
+            # code; the vision tower's plain packed non-causal mask for D=112, with ToMe's
+            # per-key bias (log size; the tower without merging runs the same kernel without).
+            flags = dict(CAUSAL=True, HAS_IDS=True, VARLEN=True, STORE_LSE=True, HAS_BIAS=False)
             if d == 112:
-                flags = dict(CAUSAL=False, HAS_IDS=False, VARLEN=True, STORE_LSE=False)
+                flags = dict(CAUSAL=False, HAS_IDS=False, VARLEN=True, STORE_LSE=False,
+                             HAS_BIAS=True)  # fmt: skip
             base = dict(BLOCK_D=block_d, PRECISION=prec, **flags)
             for cfg in m._GPU_CONFIGS:
                 yield _case(
@@ -228,7 +250,8 @@ def attention_cases() -> Iterator[Case]:
                         consts, warps=4, quick=dt == "bf16" or d == 128)  # fmt: skip
             sptrs = {p: PTR[dt] for p in ("q_ptr", "k_ptr")}
             sptrs.update(lse_ptr="*fp32", sel_ptr="*u8", part_ptr="*fp32", cu_q_ptr="*i32",
-                         cu_k_ptr="*i32", ids_ptr="*i32", qk_scale="fp32")  # fmt: skip
+                         cu_k_ptr="*i32", ids_ptr="*i32", bias_ptr="*fp32",
+                         qk_scale="fp32")  # fmt: skip
             consts = dict(
                 BLOCK_M=m._SCORES_BLOCK_M, BLOCK_N=m._SCORES_BLOCK_N, BLOCK_D=block_d,
                 PRECISION=prec, **{k: v for k, v in flags.items() if k != "STORE_LSE"},
@@ -244,6 +267,7 @@ BUILDERS: dict[str, Callable[[], Iterator[Case]]] = {
     "expert_linear": expert_linear_cases,
     "rope": rope_cases,
     "token_prune": token_prune_cases,
+    "token_merge": token_merge_cases,
     "attention": attention_cases,
 }
 

@@ -27,6 +27,7 @@ RANKS = {
     "haic_kernels.testing": 2,  # the package and the rule: torch only (op tests, bench suites)
     "haic_kernels.testing.model_parity": 6,
     "haic_kernels.testing.prune_scores": 6,
+    "haic_kernels.testing.reduction_report": 6,
     "haic_kernels": 3,  # the root: the public functional API (ops, pruning)
     "haic_kernels._aot_cases": 3,
     "haic_kernels._aot_check": 3,

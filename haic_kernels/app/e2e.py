@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,10 @@ from ..models.cogvlm2 import (
     init_random_weights,
     stack_prompts,
 )
+from ..testing.reduction_report import ReductionRow, format_reduction, reduction_report
 from ..video.loader import VideoLoader
 from ..video.synthetic import write_clip
+from .parity import reduce_option
 from .pipeline import StageClock, answer
 
 SUITE = "e2e"
@@ -97,7 +100,7 @@ def decode_clip(clip: Path, config, spec: dict[str, Any], device: torch.device):
     return batch
 
 
-def _one_pass(model, config, clip, spec, device, tokenizer) -> dict[str, Any]:
+def _one_pass(model, config, clip, spec, device, tokenizer, prune=None) -> dict[str, Any]:
     clock = StageClock(device)
     with clock.stage("decode video"):
         batch = decode_clip(clip, config, spec, device)
@@ -105,10 +108,12 @@ def _one_pass(model, config, clip, spec, device, tokenizer) -> dict[str, Any]:
     prompts = [build_prompt(tokenizer, "Describe this video.", f, config) for _ in range(b)]
     ids, types = (t.to(device) for t in stack_prompts(prompts))
     frames = batch.frames.reshape(b * f, *batch.frames.shape[2:])
+    opts = {} if prune is None else {"prune": prune}
     res = answer(model, frames, ids, types, max_new_tokens=spec["new_tokens"], eos_token_id=None,
-                 clock=clock)  # fmt: skip
+                 clock=clock, **opts)  # fmt: skip
     return {"ms": dict(clock.ms), "steps": res.decode_steps, "peak": res.peak_mem_bytes,
-            "batch": b, "frames": f, "prompt_len": ids.shape[1]}  # fmt: skip
+            "batch": b, "frames": f, "prompt_len": ids.shape[1],
+            "inputs": (ids, types, frames)}  # fmt: skip
 
 
 def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -> dict[str, Any]:
@@ -152,9 +157,11 @@ def prepare(size: str, sizes: dict[str, dict[str, Any]], device, clip_dir):
 
 
 def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, reps: int = 3,
-            warmup: int = 1, clip_dir: str | Path | None = None,
-            progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Run the benchmark; returns the results document (see `bench.results`)."""
+            warmup: int = 1, clip_dir: str | Path | None = None, progress: bool = True,
+            reduce: Sequence[tuple[str, object]] = ()) -> dict[str, Any]:  # fmt: skip
+    """Run the benchmark; returns the results document (see `bench.results`). ``reduce``:
+    (label, ``prune=`` option) pairs run on the fast model too ("fast + label" rows; their
+    `reduction_report` on the first batch under the document's "reduction" key)."""
     spec, device, config, clip = prepare(size, SIZES, device, clip_dir)
     dtype = spec["dtype"]
     reference = random_reference(config, device, dtype)
@@ -163,12 +170,14 @@ def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, rep
     tokenizer = ByteTokenizer()  # random weights: byte ids are valid in either vocabulary
     elem = torch.empty((), dtype=dtype).element_size()
     rows = []
-    for kind, model, label in (("reference", reference, REFERENCE), (FAST, fast, FAST)):
+    passes = [("reference", reference, REFERENCE, None), (FAST, fast, FAST, None)]
+    passes += [(FAST, fast, f"{FAST} + {name}", prune) for name, prune in reduce]
+    for kind, model, label, prune in passes:
         runs = []
         for i in range(warmup + reps):
             if progress:
                 print(f"e2e {size}: {label} pass {i + 1}/{warmup + reps}", flush=True)
-            r = _one_pass(model, config, clip, spec, device, tokenizer)
+            r = _one_pass(model, config, clip, spec, device, tokenizer, prune)
             if i >= warmup:
                 runs.append(r)
         med = {k: statistics.median(r["ms"][k] for r in runs) for k in runs[0]["ms"]}
@@ -193,8 +202,14 @@ def run_e2e(size: str = "tiny", device: str | torch.device | None = None, *, rep
                          decode_steps=steps, **common))  # fmt: skip
         for name, ms in med.items():
             rows.append(_row(f"stage: {name}", label, base, spec, dtype, ms, len(runs)))
+        inputs = runs[0]["inputs"]
     add_speedups(rows)
-    return to_document(rows, collect_env(device), peaks=peaks.to_dict() if peaks else None)
+    doc = to_document(rows, collect_env(device), peaks=peaks.to_dict() if peaks else None)
+    if reduce:
+        ids, types, frames = inputs
+        report = reduction_report(fast, ids, types, frames, dict(reduce), max_new_tokens=4)
+        doc["reduction"] = [r.to_dict() for r in report]
+    return doc
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -220,10 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--clip-dir", type=Path, default=None, help="where the clip is cached")
     p.add_argument("--json", type=Path, default=None, help="write the results document here")
+    p.add_argument("--reduce", action="append", type=reduce_option, default=[], metavar="SPEC",
+                   help="also run the fast model with this vision-tower reduction (repeatable; "
+                   "as haic parity --reduce)")  # fmt: skip
     args = p.parse_args(argv)
     size = args.size or ("full" if torch.cuda.is_available() else "tiny")
-    doc = run_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir)
+    doc = run_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir,
+                  reduce=args.reduce)  # fmt: skip
     print(format_table(doc))
+    if doc.get("reduction"):
+        print(format_reduction([ReductionRow(**r) for r in doc["reduction"]]))
     if args.json is not None:
         print(f"wrote {write_json(args.json, doc)}")
     return 0

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 from .. import backends
-from ..models.cogvlm2 import VARIANTS, get_config
+from ..models.cogvlm2 import VARIANTS, build_prompt, get_config, stack_prompts
 from ..models.cogvlm2.fast.model import BACKENDS
-from ..testing.model_parity import max_clip_frames, run_parity
+from ..pruning import Compose, StaticPatches, Temporal, TextGuided, VisionMerge
+from ..testing.model_parity import build_models, make_inputs, max_clip_frames, run_parity
 from ..testing.parity_report import write_json
+from ..testing.reduction_report import format_reduction, reduction_report
 from .common import (
     bundled_clip,
     check_backend,
@@ -80,6 +82,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="device of the oracle (default: same)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument(
+        "--reduce", action="append", type=reduce_option, default=[], metavar="SPEC",
+        help="also report token reduction inside the vision tower against none (repeatable): "
+        "'merge:R' (ToMe, R pairs per frame in every block), 'merge:R@A-B' (blocks A..B), "
+        "'static:T' (skip patches within T of the previous frame), joined by '+' and with "
+        "LM-side pruning: 'temporal:K' (keep ratio K), 'text:K@L' (text-guided at layer L)",
+    )  # fmt: skip
+
+
+def reduce_option(spec: str) -> tuple[str, object]:
+    """``--reduce`` SPEC -> (spec, a ``prune=`` option of `StaticPatches` / `VisionMerge`)."""
+    policies: list[object] = []
+    try:
+        for part in spec.split("+"):
+            kind, _, arg = part.partition(":")
+            if kind == "static":
+                policies.append(StaticPatches(int(arg)))
+            elif kind == "merge":
+                r, _, blocks = arg.partition("@")
+                layers = None
+                if blocks:
+                    lo, _, hi = blocks.partition("-")
+                    layers = tuple(range(int(lo), int(hi or lo) + 1))
+                policies.append(VisionMerge(int(r), layers))
+            elif kind == "temporal":
+                policies.append(Temporal(float(arg)))
+            elif kind == "text":
+                ratio, _, layer = arg.partition("@")
+                policies.append(TextGuided(float(ratio), layer=int(layer or 2)))
+            else:
+                raise ValueError(f"unknown kind {kind!r} (merge, static, temporal or text)")
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {e}") from None
+    return spec, policies[0] if len(policies) == 1 else Compose(tuple(policies))
+
+
+def _reduction(args: argparse.Namespace, config, dtype, device, tokenizer, clip) -> None:
+    """The `reduction_report` table of ``--reduce`` on the first parity input (random weights
+    of ``--seed``, or the checkpoint)."""
+    models = build_models(config, dtype=dtype, device=device, seed=args.seed,
+                          checkpoint=args.checkpoint, backend=args.backend,
+                          oracle_dtype=dtype, oracle_device=torch.device("meta"))  # fmt: skip
+    item = make_inputs(config, 1, clip=clip, seed=args.seed)[0]
+    prompt = build_prompt(tokenizer, item.question, item.frames.shape[0], config)
+    ids, types = (t.to(device) for t in stack_prompts([prompt]))
+    try:
+        rows = reduction_report(models.fast, ids, types, item.frames.to(device),
+                                dict(args.reduce), max_new_tokens=args.max_new_tokens)  # fmt: skip
+    except ValueError as e:
+        raise usage_error(f"--reduce: {e}") from None
+    print(f"token reduction in the vision tower ({config.name}, {item.source}; random weights "
+          "cannot judge accuracy: see the README):")  # fmt: skip
+    print(format_reduction(rows) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             raise usage_error(f"({config.name}) {type(e).__name__}: {e}") from None
         print(result.format_table() + "\n")
         results.append(result)
+        if args.reduce:
+            _reduction(args, config, dtype, device, tokenizer, clip)
     if args.json is not None:
         print(f"wrote {write_json(results, args.json)}")
     bad = [r.config for r in results if not r.ok]

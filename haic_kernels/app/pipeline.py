@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..constants import VISION_TOKEN_TYPE
 from ..models.cogvlm2 import CogVLM2Config, PromptInputs
 from ..models.cogvlm2.generate import check_context as check_lm_context
 from ..models.cogvlm2.templates import IMAGE_POLICY, SAMPLING_POLICY
+from ..pruning.vision import VisionReduction, lm_policies, plan_vision
 from ..tokens import build_position_ids
 from ..video.image import load_image
 from ..video.pyav import load_video
@@ -150,14 +152,25 @@ def decode_image(
         return load_image(path, size=config.vision.image_size, preprocess=preprocess)
 
 
-def encode(model: nn.Module, frames: torch.Tensor, clock: StageClock) -> torch.Tensor:
+def encode(
+    model: nn.Module,
+    frames: torch.Tensor,
+    clock: StageClock,
+    reduction: VisionReduction | None = None,
+    frames_per_video: Sequence[int] | None = None,
+) -> torch.Tensor:
     """``frames`` -> vision embeddings, each stage timed on ``clock``: what `respond` takes
-    (a chat encodes its video once and answers every turn from it)."""
+    (a chat encodes its video once and answers every turn from it). ``reduction``: the tower
+    runs `StaticPatches` / `VisionMerge` (videos of ``frames_per_video`` frames; None: one)."""
     with torch.inference_mode():
         with clock.stage("patch embed"):
             x = model.embed_patches(frames)
         with clock.stage("vision tower"):
-            x = model.run_vision_tower(x)
+            if reduction is None:
+                x = model.run_vision_tower(x)
+            else:
+                per = [frames.shape[0]] if frames_per_video is None else frames_per_video
+                x = model.run_reduced_tower(x, reduction, frames, per)
         with clock.stage("compress + adapter"):
             return model.compress_and_adapt(x)
 
@@ -241,7 +254,17 @@ def answer(
     ``options``: as there). ``eos_token_id``: one id or all of them (``config.eos_token_ids``)."""
     clock = clock or StageClock(frames.device)
     _reset_peak(clock)
-    embeds = encode(model, frames, clock)
+    prune = options.get("prune")
+    reduction = plan_vision(prune, model.config.vision.num_layers)
+    per_video = None
+    if reduction is not None:  # the tower reduces; the LM gets the other policies
+        rest = lm_policies(prune)
+        options = {k: v for k, v in options.items() if k != "prune"}
+        if rest is not None:
+            options["prune"] = rest
+        tpf = model.config.tokens_per_frame
+        per_video = (token_type_ids.eq(VISION_TOKEN_TYPE).sum(1) // tpf).tolist()
+    embeds = encode(model, frames, clock, reduction, per_video)
     tokens, steps = _generate(model, embeds, input_ids, token_type_ids, clock, max_new_tokens,
                               eos_token_id, on_token, options)  # fmt: skip
     return Answer(tokens, clock, steps, _peak(clock))

@@ -5,6 +5,8 @@
   merge the dropped ones into their most similar kept patch (size-weighted).
 * `text_guided` (inside the LM at layer K): keep the patches the text attends to at layer K;
   drop the rest from the hidden states and KV cache of later layers.
+* `StaticPatches` (before the vision tower) and `VisionMerge` (ToMe, inside it): fewer tokens
+  where the time is; every position is restored after the tower (`haic_kernels.pruning.vision`).
 
 Each returns a `PruneResult`; `compose` chains them into a `PrunePlan`. The policy objects
 (`Temporal`, `Salient`, `TextGuided`, `Compose`) are the configuration a model's ``prune=``
@@ -25,24 +27,38 @@ from haic_kernels.pruning.policies import (
     temporal,
     text_guided,
 )
-from haic_kernels.pruning.protocol import BEFORE_LM, IN_LM, PrunePolicy, TokenCounts
+from haic_kernels.pruning.protocol import (
+    BEFORE_LM,
+    BEFORE_VISION,
+    IN_LM,
+    IN_VISION,
+    PrunePolicy,
+    TokenCounts,
+)
 from haic_kernels.pruning.result import PrunePlan, PruneResult, compose
 from haic_kernels.pruning.select import pool_cls_attention, query_rows
+from haic_kernels.pruning.vision import StaticPatches, VisionMerge, VisionReduction, plan_vision
 
 __all__ = [
     "BEFORE_LM",
+    "BEFORE_VISION",
     "IN_LM",
+    "IN_VISION",
     "Compose",
     "PrunePlan",
     "PrunePolicy",
     "PruneResult",
     "Salient",
+    "StaticPatches",
     "Temporal",
     "TextGuided",
     "TokenCounts",
     "TokenLayout",
+    "VisionMerge",
+    "VisionReduction",
     "compose",
     "plan_stages",
+    "plan_vision",
     "pool_cls_attention",
     "query_rows",
     "salient",

@@ -22,7 +22,14 @@ from haic_kernels.ops.token_prune.api import (
     nearest_kept,
 )
 from haic_kernels.pruning.layout import PATCH, TokenLayout
-from haic_kernels.pruning.protocol import BEFORE_LM, IN_LM, WHERE, PrunePolicy, TokenCounts
+from haic_kernels.pruning.protocol import (
+    BEFORE_LM,
+    IN_LM,
+    VISION,
+    WHERE,
+    PrunePolicy,
+    TokenCounts,
+)
 from haic_kernels.pruning.result import PruneResult
 from haic_kernels.pruning.select import (
     check_per,
@@ -361,7 +368,8 @@ class Compose:
 
 def plan_stages(prune: object, num_layers: int) -> tuple[list[PrunePolicy], PrunePolicy | None]:
     """(the before-LM policies in order, the in-LM policy or None) of a model's ``prune=``
-    option (None, a policy, or a `Compose`), validated for a model of ``num_layers`` layers."""
+    option (None, a policy, or a `Compose`), validated for a model of ``num_layers`` layers.
+    Vision-tower policies (`VISION`) are left out: `pruning.vision.plan_vision` plans those."""
     if prune is None:
         return [], None
     if not isinstance(prune, PrunePolicy) and not isinstance(prune, Compose):
@@ -371,6 +379,9 @@ def plan_stages(prune: object, num_layers: int) -> tuple[list[PrunePolicy], Prun
         )
     policies = list(prune.policies) if isinstance(prune, Compose) else [prune]
     Compose(tuple(policies)).validate(num_layers)
+    policies = [p for p in policies if p.where not in VISION]
+    if not policies:
+        return [], None
     lm = policies[-1] if policies[-1].where == IN_LM else None
     return (policies[:-1] if lm is not None else policies), lm
 

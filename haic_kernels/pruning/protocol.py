@@ -4,8 +4,10 @@ A policy object (`Temporal`, `Salient`, `TextGuided`, or your own) satisfies `Pr
 
 * ``where``: `BEFORE_LM` (tokens dropped before the first LM layer) or `IN_LM` (scored at LM
   layer ``layer``, dropped from layer ``layer + 1`` on; such a policy also has ``layer`` and
-  ``query_rows(layout)``, the query rows whose attention scores the tokens). Frame-dropping
-  policies that run before the vision tower are planned (DESIGN.md) but none exists yet;
+  ``query_rows(layout)``, the query rows whose attention scores the tokens), or `BEFORE_VISION`
+  / `IN_VISION`: token reduction before / inside the vision tower (`haic_kernels.pruning.vision`:
+  the model runs those itself, and every LM token is back after the tower, so their ``kept``
+  is the identity and `plan_stages` leaves them out);
 * ``needs``: the inputs it reads, among ``"vision_embeds"`` (the LM-input rows of every frame),
   ``"cls_scores"`` (the vision tower's last-layer CLS attention, pooled per LM patch token) and
   ``"lm_scores"`` (an LM layer's ``key_scores``); the model produces exactly those;
@@ -26,11 +28,15 @@ import torch
 from haic_kernels.ops.token_prune.api import keep_counts
 from haic_kernels.pruning.layout import TokenLayout
 
-__all__ = ["BEFORE_LM", "IN_LM", "WHERE", "PrunePolicy", "TokenCounts"]
+__all__ = ["BEFORE_LM", "BEFORE_VISION", "IN_LM", "IN_VISION", "VISION", "WHERE", "PrunePolicy",
+           "TokenCounts"]  # fmt: skip
 
 BEFORE_LM = "before_lm"
 IN_LM = "in_lm"
-WHERE = (BEFORE_LM, IN_LM)
+BEFORE_VISION = "before_vision"
+IN_VISION = "in_vision"
+VISION = (BEFORE_VISION, IN_VISION)
+WHERE = (BEFORE_LM, IN_LM, *VISION)
 
 
 @runtime_checkable

@@ -406,10 +406,26 @@ def test_opcheck(seed):
     pq, pk, pv, cu, cu_k, _, psel = _packed([3, 6], [5, 6], 4, 2, 16, FP32, scores=True)
     op = torch.ops.haic_kernels.attention.default
     cases = [
-        (q, k, v, None, None, None, None, True, 0.25, 0, 0, False, "torch"),
-        (q, k, v, None, None, ids, sel, True, 0.25, 0, 0, True, "torch"),
-        (q, k, v, None, None, None, sel, False, 0.25, 0, 0, True, "sdpa"),
-        (pq, pk, pv, cu, cu_k, None, psel, True, 0.25, 6, 6, True, "torch"),
+        (q, k, v, None, None, None, None, None, True, 0.25, 0, 0, False, "torch"),
+        (q, k, v, None, None, ids, sel, None, True, 0.25, 0, 0, True, "torch"),
+        (q, k, v, None, None, None, sel, None, False, 0.25, 0, 0, True, "sdpa"),
+        (pq, pk, pv, cu, cu_k, None, psel, None, True, 0.25, 6, 6, True, "torch"),
+        (
+            pq,
+            pk,
+            pv,
+            cu,
+            cu_k,
+            None,
+            psel,
+            torch.randn(pk.shape[0]),
+            True,
+            0.25,
+            6,
+            6,
+            True,
+            "torch",
+        ),
     ]
     for args in cases:
         torch.library.opcheck(op, args)
@@ -511,3 +527,68 @@ def test_gpu_compile_auto(seed, monkeypatch):
     res = attention(q, k, v, key_scores=sel, return_lse=True, backend="triton")
     torch.testing.assert_close(out, res[0])
     torch.testing.assert_close(scores, res[2])
+
+
+# ---- key_bias (proportional attention) ---------------------------------------------------------
+
+
+def test_key_bias_adds_to_every_logit(seed):
+    """Packed and padded, against the softmax written out in float64."""
+    pq, pk, pv, cu, cu_k, _, _ = _packed([3, 6], [5, 6], 4, 2, 16, FP32)
+    bias = torch.randn(pk.shape[0]).abs().log1p()
+    got = attention(pq, pk, pv, cu_seqlens=cu, cu_seqlens_k=cu_k, causal=False, key_bias=bias)
+    cq, ck = cu.tolist(), cu_k.tolist()
+    for b in range(2):
+        q, k, v = (t.double() for t in (pq[cq[b] : cq[b + 1]], pk[ck[b] : ck[b + 1]],
+                                        pv[ck[b] : ck[b + 1]]))  # fmt: skip
+        k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+        s = torch.einsum("ihd,jhd->hij", q, k) * 16**-0.5 + bias[ck[b] : ck[b + 1]].double()
+        want = torch.einsum("hij,jhd->ihd", s.softmax(-1), v)
+        torch.testing.assert_close(got[cq[b] : cq[b + 1]].double(), want, rtol=1e-5, atol=1e-6)
+    q, k, v, _, _ = _inputs(2, 5, 5, 4, 4, 16, "full", FP32)
+    zero = attention(q, k, v, causal=False, key_bias=torch.zeros(2, 5))
+    assert torch.equal(zero, attention(q, k, v, causal=False))  # + 0 changes nothing
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flash_attn", "cuda"])
+def test_key_bias_refused_where_unsupported(backend):
+    q, k, v, _, _ = _inputs(1, 4, 4, 2, 2, 64, "full", FP32)
+    bias = torch.zeros(1, 4)
+    # The reason an available backend gives (flash_attn and cuda are not available on CPU).
+    why = api.unsupported_reason(backend, q, False, None, None, bias)
+    assert why is not None and "key_bias" in why
+    if backend == "sdpa":  # available here: the call itself is refused, naming the argument
+        with pytest.raises(ValueError, match="key_bias"):
+            attention(q, k, v, causal=False, key_bias=bias, backend=backend)
+    assert api.unsupported_reason("torch", q, False, None, None, bias) is None
+    assert api._resolve_backend("auto", q, k, False, None, None, None, bias) == "torch"
+
+
+def test_key_bias_checks():
+    q, k, v, _, _ = _inputs(1, 4, 4, 2, 2, 16, "full", FP32)
+    with pytest.raises(ValueError, match=r"key_bias: expected float32 of shape \(1, 4\)"):
+        attention(q, k, v, causal=False, key_bias=torch.zeros(4))
+    with pytest.raises(ValueError, match="key_bias: entries must be finite"):
+        attention(q, k, v, causal=False, key_bias=torch.tensor([[0.0, float("nan"), 0.0, 0.0]]))
+
+
+@needs_triton_cpu
+@pytest.mark.parametrize("dtype", [FP32, torch.float16])
+def test_key_bias_triton_matches_torch(seed, dtype):
+    """The vision tower's call (packed, full, D=112, key scores of the CLS rows) and a padded
+    one, with a bias like ToMe's log sizes; the same numbers as the torch path."""
+    pq, pk, pv, cu, _, _, psel = _packed([9, 40, 33], [9, 40, 33], 2, 2, 112, dtype, scores=True)
+    bias = torch.randint(1, 9, (pk.shape[0],)).float().log()
+    kw = dict(cu_seqlens=cu, causal=False, key_scores=psel, key_bias=bias, return_lse=True)
+    got = attention(pq, pk, pv, backend="triton", **kw)
+    want = attention(pq, pk, pv, backend="torch", **kw)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == FP32 else dict(rtol=2e-3, atol=2e-3)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), **tol)
+    q, k, v, _, sel = _inputs(2, 17, 17, 2, 2, 64, "causal", dtype, scores=True)
+    b2 = torch.rand(2, 17) * 3
+    got = attention(q, k, v, causal=True, key_bias=b2, key_scores=sel, backend="triton")
+    want = attention(q, k, v, causal=True, key_bias=b2, key_scores=sel, backend="torch")
+    for g, w in zip(got, want):
+        if g is not None:
+            torch.testing.assert_close(g.float(), w.float(), **tol)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ...constants import VISION_TOKEN_TYPE
+from ...pruning.vision import VisionReduction, plan_vision
 from ...tokens import build_position_ids, check_token_types, vision_expert_mask
 from .config import CogVLM2Config
 from .generate import SamplerFn, generate, stream_generate
@@ -167,6 +168,17 @@ class VisionStages:
     def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1 + P, Dv] -> [N, 1 + P, Dv] through every vision block."""
         return self.model.vision.run_vision_tower(x)
+
+    def run_reduced_tower(
+        self,
+        x: torch.Tensor,
+        reduction: VisionReduction,
+        frames: torch.Tensor,
+        frames_per_video: Sequence[int],
+    ) -> torch.Tensor:
+        """`run_vision_tower` with `StaticPatches` / `VisionMerge` (``reduction``) on the
+        ``frames`` that ``x`` embeds (videos of ``frames_per_video`` frames): [N, 1 + P, Dv]."""
+        return self.model.vision.run_reduced_tower(x, reduction, frames, frames_per_video)
 
     def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1 + P, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv, GLU adapter, boi/eoi."""
@@ -323,10 +335,18 @@ class CogVLM2ForCausalLM(VisionStages, nn.Module):
         num_slots: int,
         frames: torch.Tensor | None,
         vision_embeds: torch.Tensor | None,
+        reduction: VisionReduction | None = None,
+        frames_per_video: list[int] | None = None,
     ) -> torch.Tensor | None:
         """The [num_slots, Dt] rows that fill the vision-type positions, in order."""
         dt = self.config.text.hidden_size
         check_vision_inputs(self.config, num_slots, frames, vision_embeds)
+        if reduction is not None:
+            if frames is None:
+                raise ValueError("vision_reduction: runs inside the vision tower: pass frames")
+            x = self.run_reduced_tower(self.embed_patches(frames), reduction, frames,
+                                       frames_per_video)  # fmt: skip
+            return self.compress_and_adapt(x).reshape(-1, dt)
         if frames is not None:
             return self.encode_frames(frames).reshape(-1, dt) if num_slots else None
         if vision_embeds is not None:
@@ -345,6 +365,7 @@ class CogVLM2ForCausalLM(VisionStages, nn.Module):
         use_cache: bool = False,
         keep: torch.Tensor | None = None,
         keep_from_layer: int = 0,
+        vision_reduction: object = None,
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` [B, S] with types ``token_type_ids`` [B, S] (0 text, 1 vision).
 
@@ -366,11 +387,17 @@ class CogVLM2ForCausalLM(VisionStages, nn.Module):
         sequence, and routing is recomputed (`vision_expert_mask`) on the kept token types.
         ``logits`` (and the cache's last position/type) then cover only the kept tokens,
         [B, S_kept, V]. ``keep=None`` is the unpruned model, unchanged.
+
+        ``vision_reduction``: a ``prune=`` option whose `StaticPatches` / `VisionMerge` run in
+        the vision tower (`vision_reduce.reduced_tower_reference`; other policies are ignored
+        here: the LM-side ones are ``keep``'s business). None: the tower unchanged.
         """
         self._check_inputs(input_ids, token_type_ids, position_ids, past_key_values)
         kept_idx = self._check_keep(keep, keep_from_layer, input_ids.shape)
         vis = token_type_ids == VISION_TOKEN_TYPE
-        rows = self._vision_rows(int(vis.sum()), frames, vision_embeds)
+        reduction = plan_vision(vision_reduction, self.config.vision.num_layers)
+        per_video = (vis.sum(1) // self.config.tokens_per_frame).tolist()
+        rows = self._vision_rows(int(vis.sum()), frames, vision_embeds, reduction, per_video)
 
         x = self.model.embed_tokens(input_ids)
         if rows is not None:

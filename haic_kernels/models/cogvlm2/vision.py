@@ -19,13 +19,16 @@ the original tensor names. Per frame of ``image_size`` px (224 at full size)::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...constants import CLIP_MEAN, CLIP_STD
+from ...pruning.vision import VisionReduction
 from .config import CogVLM2Config
+from .vision_reduce import reduced_tower_reference
 
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager")
 
@@ -103,17 +106,27 @@ class VisionAttention(nn.Module):
         self.dense = nn.Linear(v.hidden_size, v.hidden_size)
         self.attn_impl = check_attn_impl(attn_impl)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_bias: torch.Tensor | None = None, return_keys: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x [N, L, Dv] -> [N, L, Dv]. ``key_bias`` float32 [N, L]: added to each key's logit
+        (ToMe's proportional attention: log of the merged token's size); ``return_keys``: also
+        the keys [N, L, H, Dh] (ToMe's similarity metric)."""
         n, length, _ = x.shape
         qkv = self.query_key_value(x).view(n, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, H, L, Dh]
+        bias = None if key_bias is None else key_bias[:, None, None, :]
         if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)
+            mask = None if bias is None else bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-1, -2))
+            if bias is not None:
+                scores = scores + bias
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(probs, v)
-        return self.dense(out.transpose(1, 2).reshape(n, length, -1))
+        out = self.dense(out.transpose(1, 2).reshape(n, length, -1))
+        return (out, k.transpose(1, 2)) if return_keys else out
 
 
 class VisionMLP(nn.Module):
@@ -199,6 +212,20 @@ class EVA2CLIPModel(nn.Module):
     def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
         """[N, L, Dv] -> [N, L, Dv] through all blocks (no final norm)."""
         return self.transformer(x)
+
+    def run_reduced_tower(
+        self,
+        x: torch.Tensor,
+        reduction: VisionReduction,
+        frames: torch.Tensor,
+        frames_per_video: Sequence[int],
+    ) -> torch.Tensor:
+        """`run_vision_tower` with token reduction (`vision_reduce.reduced_tower_reference`, frame
+        by frame); ``self.reduction_tokens``: each frame's tokens after the last block."""
+        x, self.reduction_tokens = reduced_tower_reference(
+            self, x, reduction, frames, list(frames_per_video)
+        )
+        return x
 
     def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         """[N, num_positions, Dv] -> [N, tokens_per_frame, Dt]: drop CLS, 2x2 conv, GLU, boi/eoi."""

@@ -23,13 +23,16 @@ from haic_kernels.ops._common import (
 )
 from haic_kernels.ops.attention.ops import DISPATCH
 
-__all__ = ["BACKENDS", "DTYPES", "FAST_HEAD_DIMS", "AttentionOutput", "attention"]
+__all__ = ["BACKENDS", "DTYPES", "FAST_HEAD_DIMS", "KEY_BIAS_BACKENDS", "AttentionOutput",
+           "attention"]  # fmt: skip
 
 BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Head dims the fast backends (triton, cuda) are built and tested for: 64 (generic), 112 (the
 # EVA2-CLIP vision tower), 128 (the LM). The reference and sdpa paths take any head dim.
 FAST_HEAD_DIMS = (64, 112, 128)
+# The backends that add `attention`'s key_bias (the others refuse a call with one).
+KEY_BIAS_BACKENDS = ("torch", "triton")
 
 
 class AttentionOutput(NamedTuple):
@@ -57,6 +60,7 @@ def attention(
     scale: float | None = None,
     return_lse: bool = False,
     key_scores: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor | AttentionOutput:
     """Softmax attention ``softmax(q k^T * scale + mask) v``, flash-attn layout, no S x S matrix.
@@ -124,6 +128,11 @@ def attention(
             (0 for a sequence with no chosen row): what FastV-style token pruning ranks by.
             The fast path computes it in a second pass over the chosen rows that reuses the row
             LSE of the forward pass; no ``S x S`` matrix is stored.
+        key_bias: float ``[B, Sk]`` (packed ``[Tk]``), added to every head's logit of key ``j``
+            after the scale: ``s_ij = q_i k_j * scale + key_bias[j]`` (masks still apply).
+            ToMe's proportional attention passes ``log(size)`` of merged tokens. Backends in
+            `KEY_BIAS_BACKENDS` only ("torch", "triton"); the others raise ValueError naming
+            ``key_bias``, and "auto" picks one that adds it.
         backend: ``"auto"`` | ``"triton"`` | ``"flash_attn"`` | ``"sdpa"`` | ``"torch"`` |
             ``"cuda"`` (decode only: one query per sequence, no block_ids / key_scores).
             ``"auto"`` picks for CUDA tensors, among those usable, verified on that GPU (see
@@ -155,13 +164,15 @@ def attention(
         raise ValueError("cu_seqlens_k: only with cu_seqlens (the packed layout)")
     block_ids = _check_block_ids(q, k, block_ids, causal, packed, cu_q, cu_k)
     key_scores = _check_key_scores(q, key_scores, packed)
-    check_same_device(q=q, k=k, v=v, block_ids=block_ids, key_scores=key_scores)
+    key_bias = _check_key_bias(k, key_bias, packed)
+    check_same_device(q=q, k=k, v=v, block_ids=block_ids, key_scores=key_scores,
+                      key_bias=key_bias)  # fmt: skip
     check_no_grad("attention", q=q, k=k, v=v)
     decode = q.shape[1] == 1 if not packed else (q.shape[0] == cu_q.numel() - 1 and max_q <= 1)
-    chosen = _choose_backend(backend, q, decode, block_ids, key_scores)
+    chosen = _choose_backend(backend, q, decode, block_ids, key_scores, key_bias)
     out, lse, scores = torch.ops.haic_kernels.attention(
-        q, k, v, cu_q, cu_k, block_ids, key_scores, causal, scale, max_q, max_k, return_lse,
-        chosen,
+        q, k, v, cu_q, cu_k, block_ids, key_scores, key_bias, causal, scale, max_q, max_k,
+        return_lse, chosen,
     )  # fmt: skip
     if key_scores is None and not return_lse:
         return out
@@ -280,6 +291,20 @@ def _check_key_scores(q, key_scores, packed) -> torch.Tensor | None:
     return key_scores.contiguous()
 
 
+def _check_key_bias(k, key_bias, packed) -> torch.Tensor | None:
+    if key_bias is None:
+        return None
+    check_tensor("key_bias", key_bias, dtypes=(torch.float32,), device=k.device)
+    want = (k.shape[0],) if packed else (k.shape[0], k.shape[1])
+    if tuple(key_bias.shape) != want:
+        raise ValueError(
+            f"key_bias: expected float32 of shape {want} (one bias per key), got "
+            f"{tuple(key_bias.shape)}"
+        )
+    check_values(torch.isfinite(key_bias), "key_bias: entries must be finite")
+    return key_bias.contiguous()
+
+
 # ---- backend choice -----------------------------------------------------------------------------
 
 
@@ -289,9 +314,12 @@ def unsupported_reason(
     decode: bool,
     block_ids: torch.Tensor | None,
     key_scores: torch.Tensor | None,
+    key_bias: torch.Tensor | None = None,
 ) -> str | None:
     """Why ``backend`` cannot express this call (None if it can)."""
     d = q.shape[-1]
+    if key_bias is not None and backend not in KEY_BIAS_BACKENDS:
+        return f"key_bias (a per-key logit bias) runs on {KEY_BIAS_BACKENDS} only, not {backend!r}"
     if backend in ("triton", "cuda") and d not in FAST_HEAD_DIMS:
         return f"head dim {d} is not one of {FAST_HEAD_DIMS} (use 'sdpa' or 'torch')"
     if backend == "cuda":
@@ -309,21 +337,22 @@ def unsupported_reason(
     return None
 
 
-def _resolve_backend(backend, q, k, packed, cu_q, block_ids, key_scores) -> str:
+def _resolve_backend(backend, q, k, packed, cu_q, block_ids, key_scores, key_bias=None) -> str:
     """The backend `attention` would run for these arguments (what the dispatch tests ask).
     Packed calls count as decode when every sequence has one query row; that reads
     ``cu_seqlens`` (a host sync on CUDA), so the op itself decides from ``max_seqlen``."""
     decode = q.shape[1] == 1
     if packed:
         decode = q.shape[0] == cu_q.numel() - 1 and bool((cu_q.diff() == 1).all())
-    return _choose_backend(backend, q, decode, block_ids, key_scores)
+    return _choose_backend(backend, q, decode, block_ids, key_scores, key_bias)
 
 
-def _choose_backend(backend, q, decode, block_ids, key_scores) -> str:
+def _choose_backend(backend, q, decode, block_ids, key_scores, key_bias=None) -> str:
     def why(name: str) -> str | None:
         if backend == "auto" and decode and name == "flash_attn":
             return "auto sends decode shapes to cuda, then triton"
-        return unsupported_reason(name, q, decode, block_ids, key_scores)
+        return unsupported_reason(name, q, decode, block_ids, key_scores, key_bias)
 
-    fallback = "sdpa" if q.device.type == "cuda" else "torch"
+    # sdpa cannot add key_bias: with one, a GPU falls back to the plain-torch path.
+    fallback = "sdpa" if q.device.type == "cuda" and key_bias is None else "torch"
     return DISPATCH.resolve(backend, q.device, unsupported=why, fallback=fallback)

@@ -29,20 +29,21 @@ def _shapes(q, k, cu_seqlens, return_lse: bool, key_scores):
 
 
 # ---- attention -----------------------------------------------------------------------------------
-# Each implementation: (q, k, v, cu_q, cu_k, block_ids, key_scores, causal, scale, max_q, max_k,
-# return_lse) -> (out, lse or None, scores or None).
+# Each implementation: (q, k, v, cu_q, cu_k, block_ids, key_scores, key_bias, causal, scale, max_q,
+# max_k, return_lse) -> (out, lse or None, scores or None). api.py refuses key_bias for the
+# backends that cannot add it (all but KEY_BIAS_BACKENDS), so they never see one.
 
 
-def _torch(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse):
+def _torch(q, k, v, cu_q, cu_k, ids, sel, bias, causal, scale, max_q, max_k, return_lse):
     from haic_kernels.ops.attention.reference import attention_reference
 
     return attention_reference(
         q, k, v, cu_seqlens=cu_q, cu_seqlens_k=cu_k, block_ids=ids, key_scores=sel,
-        causal=causal, scale=scale,
+        key_bias=bias, causal=causal, scale=scale,
     )  # fmt: skip
 
 
-def _sdpa(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse):
+def _sdpa(q, k, v, cu_q, cu_k, ids, sel, bias, causal, scale, max_q, max_k, return_lse):
     from haic_kernels.ops.attention.torch_paths import attention_sdpa
 
     return attention_sdpa(
@@ -51,24 +52,24 @@ def _sdpa(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse
     )  # fmt: skip
 
 
-def _flash_attn(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse):
+def _flash_attn(q, k, v, cu_q, cu_k, ids, sel, bias, causal, scale, max_q, max_k, return_lse):
     from haic_kernels.ops.attention.torch_paths import attention_flash_attn
 
     out, lse = attention_flash_attn(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale)
     return out, lse, None
 
 
-def _triton(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse):
+def _triton(q, k, v, cu_q, cu_k, ids, sel, bias, causal, scale, max_q, max_k, return_lse):
     from haic_kernels.ops.attention.triton import attention_triton
 
     return attention_triton(
         q, k, v, cu_seqlens=cu_q, cu_seqlens_k=cu_k, block_ids=ids, key_scores=sel,
         causal=causal, scale=scale, max_seqlen=max_q, max_seqlen_k=max_k, need_lse=return_lse,
-        alloc=new_output,
+        alloc=new_output, key_bias=bias,
     )  # fmt: skip
 
 
-def _cuda(q, k, v, cu_q, cu_k, ids, sel, causal, scale, max_q, max_k, return_lse):
+def _cuda(q, k, v, cu_q, cu_k, ids, sel, bias, causal, scale, max_q, max_k, return_lse):
     """One query row per sequence through the CUDA split-K decode kernel."""
     from haic_kernels.ops.attention.cuda import decode_attention_cuda
 
@@ -104,6 +105,7 @@ def attention_op(
     cu_seqlens_k: torch.Tensor | None,
     block_ids: torch.Tensor | None,
     key_scores: torch.Tensor | None,
+    key_bias: torch.Tensor | None,
     causal: bool,
     scale: float,
     max_seqlen: int,
@@ -113,8 +115,8 @@ def attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op behind `attention` (arguments checked, ``backend`` resolved)."""
     out, lse, scores = DISPATCH.run(
-        backend, q, k, v, cu_seqlens, cu_seqlens_k, block_ids, key_scores, causal, scale,
-        max_seqlen, max_seqlen_k, return_lse,
+        backend, q, k, v, cu_seqlens, cu_seqlens_k, block_ids, key_scores, key_bias, causal,
+        scale, max_seqlen, max_seqlen_k, return_lse,
     )  # fmt: skip
     empty = q.new_empty((0,), dtype=torch.float32)
     lse = lse.to(torch.float32).contiguous() if return_lse and lse is not None else empty
@@ -124,8 +126,8 @@ def attention_op(
 
 @attention_op.register_fake
 def _attention_fake(
-    q, k, v, cu_seqlens, cu_seqlens_k, block_ids, key_scores, causal, scale, max_seqlen,
-    max_seqlen_k, return_lse, backend,
+    q, k, v, cu_seqlens, cu_seqlens_k, block_ids, key_scores, key_bias, causal, scale,
+    max_seqlen, max_seqlen_k, return_lse, backend,
 ):  # fmt: skip
     lse_shape, scores_shape = _shapes(q, k, cu_seqlens, return_lse, key_scores)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -28,8 +28,9 @@ def reference_mask(
     return mask
 
 
-def _one_sequence(q, k, v, causal, ids, chosen, scale, compute_dtype):
-    """q [Sq, Hq, D], k/v [Sk, Hkv, D] -> out [Sq, Hq, D], lse [Hq, Sq], mass [Sk] (sum)."""
+def _one_sequence(q, k, v, causal, ids, chosen, scale, compute_dtype, bias=None):
+    """q [Sq, Hq, D], k/v [Sk, Hkv, D], bias [Sk] or None -> out [Sq, Hq, D], lse [Hq, Sq],
+    mass [Sk] (sum)."""
     sq, hq, _ = q.shape
     sk, hkv, _ = k.shape
     r = hq // hkv
@@ -38,6 +39,8 @@ def _one_sequence(q, k, v, causal, ids, chosen, scale, compute_dtype):
     vc = vc.repeat_interleave(r, dim=1)
     mask = reference_mask(sq, sk, causal, ids, q.device)
     logits = torch.einsum("ihd,jhd->hij", qc, kc) * scale
+    if bias is not None:  # proportional attention: each key's additive logit bias
+        logits = logits + bias.to(compute_dtype)[None, None, :]
     logits = logits.masked_fill(~mask, float("-inf"))  # a hidden key's NaN is overwritten
     # The rule for non-finite inputs: a row that sees a key is NaN when its q, or the K row of
     # any key it sees, holds NaN/Inf; out[i, d] is NaN when a key row i sees has a bad v[j, d].
@@ -68,6 +71,7 @@ def attention_reference(
     cu_seqlens_k: torch.Tensor | None = None,
     block_ids: torch.Tensor | None = None,
     key_scores: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
     causal: bool = True,
     scale: float | None = None,
     compute_dtype: torch.dtype | None = None,
@@ -78,7 +82,8 @@ def attention_reference(
     ``compute_dtype``: the dtype of logits, softmax and the P @ V product (default float32 for
     half inputs, else the input dtype; float64 for the oracle). ``out`` is ``out_dtype``
     (default q's); ``lse`` and ``scores`` are float64 when computing in float64, else float32.
-    ``scores`` is None without ``key_scores``.
+    ``scores`` is None without ``key_scores``. ``key_bias`` (float ``[B, Sk]``, packed ``[Tk]``)
+    is added to every head's logit of each key, after the scale.
     """
     if compute_dtype is None:
         compute_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
@@ -103,9 +108,10 @@ def attention_reference(
     for sq_sel, sk_sel in segments:
         ids = None if block_ids is None else block_ids[sq_sel]
         chosen = None if key_scores is None else key_scores[sq_sel]
+        bias = None if key_bias is None else key_bias[sk_sel]
         o, l_, mass = _one_sequence(
             q[sq_sel], k[sk_sel], v[sk_sel], causal, ids, chosen, scale,
-            compute_dtype,
+            compute_dtype, bias,
         )  # fmt: skip
         out[sq_sel] = o.to(out_dtype)
         if packed:

@@ -72,19 +72,22 @@ def _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL: tl.constexpr, HAS_I
 
 @triton.jit
 def _fwd_tile(
-    acc, l_i, m_i, nf, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
-    stride_vt, qk_scale, D,
+    acc, l_i, m_i, nf, q, k_base, v_base, ids_ptr, ids_q, bias_base, start_n, rows, len_k, off,
+    stride_kt, stride_vt, qk_scale, D,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded).
-    ``nf`` [BLOCK_M] counts, per row, the visible keys whose K row holds NaN/Inf."""
+    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded,
+    key_bias times log2 e). ``nf`` [BLOCK_M] counts, per row, the visible keys whose K row
+    holds NaN/Inf."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
     k_bad = tl.max(((k != k) | (tl.abs(k) == float("inf"))).to(tl.int32), 1)  # [BLOCK_N]
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if HAS_BIAS:
+        s += tl.load(bias_base + cols, mask=cols < len_k, other=0.0)[None, :] * 1.4426950408889634
     if MASKED:
         vis = _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL, HAS_IDS)
         s = tl.where(vis, s, float("-inf"))  # overwrites: a hidden key's NaN logit is gone
@@ -118,13 +121,14 @@ def _fwd_tile(
 
 @triton.jit
 def _fwd_block(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, b64, h, start_m, q_start, len_q, k_start,
-    len_k, group, qk_scale, D,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, bias_ptr, b64, h, start_m, q_start, len_q,
+    k_start, len_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-    stride_lb, stride_lh, stride_ib,
+    stride_lb, stride_lh, stride_ib, stride_bb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_IDS: tl.constexpr, STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_LSE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Rows ``start_m .. start_m + BLOCK_M`` of query head ``h`` of sequence ``b64``."""
     hk = h // group
@@ -144,6 +148,7 @@ def _fwd_block(
     ids_q = rows  # placeholder when there are no block ids
     if HAS_IDS:
         ids_q = tl.load(ids_base + rows, mask=row_ok, other=-1)
+    bias_base = bias_ptr + b64 * stride_bb + k_start
 
     off = len_k - len_q
     if CAUSAL:
@@ -161,15 +166,15 @@ def _fwd_block(
     nf = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start_n in range(0, full_end, BLOCK_N):
         acc, l_i, m_i, nf = _fwd_tile(
-            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
-            stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, False, CAUSAL, HAS_IDS,
-            PRECISION,
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, bias_base, start_n, rows,
+            len_k, off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, False, CAUSAL,
+            HAS_IDS, HAS_BIAS, PRECISION,
         )  # fmt: skip
     for start_n in range(full_end, diag_end, BLOCK_N):
         acc, l_i, m_i, nf = _fwd_tile(
-            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
-            stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL, HAS_IDS,
-            PRECISION,
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, bias_base, start_n, rows,
+            len_k, off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL,
+            HAS_IDS, HAS_BIAS, PRECISION,
         )  # fmt: skip
     if HAS_IDS:
         # Past the causal frontier only same-frame keys are visible: visit blocks holding one.
@@ -180,9 +185,9 @@ def _fwd_block(
             hit = (ids_q[:, None] == ids_k[None, :]) & (ids_q[:, None] >= 0)
             if tl.max(hit.to(tl.int32)) > 0:
                 acc, l_i, m_i, nf = _fwd_tile(
-                    acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
-                    off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL,
-                    HAS_IDS, PRECISION,
+                    acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, bias_base, start_n,
+                    rows, len_k, off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True,
+                    CAUSAL, HAS_IDS, HAS_BIAS, PRECISION,
                 )  # fmt: skip
 
     empty = l_i == 0.0  # a row that sees no key: out 0, lse -inf
@@ -210,14 +215,14 @@ def _fwd_block(
 
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, ids_ptr, bias_ptr,
     seqlen_q, seqlen_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-    stride_lb, stride_lh, stride_ib, len_bucket, total_q, total_k, has_seqused_k,
+    stride_lb, stride_lh, stride_ib, stride_bb, len_bucket, total_q, total_k, has_seqused_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, STORE_LSE: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_BIAS: tl.constexpr = False,
 ):  # fmt: skip
     # total_q / total_k: rows of q and k (packed), the clamp of every boundary read from cu.
     # has_seqused_k != 0 (padded layout only): cu_k_ptr holds int32 [B] valid key lengths.
@@ -231,28 +236,29 @@ def _attn_fwd_kernel(
     # Causal blocks further down hold more work: launch them first so the tail is short.
     for blk in range(n_prog - 1 - tl.program_id(1), tl.cdiv(len_q, BLOCK_M), n_prog):
         _fwd_block(
-            q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, b.to(tl.int64), h, blk * BLOCK_M,
-            q_start, len_q, k_start, len_k, group, qk_scale, D,
+            q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, bias_ptr, b.to(tl.int64), h,
+            blk * BLOCK_M, q_start, len_q, k_start, len_k, group, qk_scale, D,
             stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
             stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-            stride_lb, stride_lh, stride_ib,
-            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, STORE_LSE, PRECISION,
+            stride_lb, stride_lh, stride_ib, stride_bb,
+            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, HAS_BIAS, STORE_LSE, PRECISION,
         )  # fmt: skip
 
 
 _attn_fwd_tuned = triton.autotune(
-    configs=_GPU_CONFIGS, key=["D", "group", "len_bucket", "CAUSAL", "HAS_IDS", "VARLEN"]
+    configs=_GPU_CONFIGS,
+    key=["D", "group", "len_bucket", "CAUSAL", "HAS_IDS", "VARLEN", "HAS_BIAS"],
 )(_attn_fwd_kernel)
 
 
 @triton.jit
 def _key_scores_block(
-    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, b64, hk, start_n, q_start, len_q,
-    k_start, len_k, group, qk_scale, D,
+    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, bias_ptr, b64, hk, start_n, q_start,
+    len_q, k_start, len_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph,
+    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph, stride_bb,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     # part[hk, b, j] = sum over the query heads of KV head hk and the chosen rows i of
     # exp(s_ij - lse_i): the probabilities of the forward pass, recomputed one key block at a time.
@@ -264,6 +270,9 @@ def _key_scores_block(
     )
     k_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=k_mask, other=0.0)
+    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + b64 * stride_bb + k_start + cols, mask=cols < len_k, other=0.0)
     ids_base = ids_ptr + b64 * stride_ib + q_start
     off = len_k - len_q
     q_lo = 0
@@ -293,6 +302,7 @@ def _key_scores_block(
                     other=0.0,
                 )  # fmt: skip
                 s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                s += (bias * 1.4426950408889634)[None, :]
                 p = tl.math.exp2(s - (lse * 1.4426950408889634)[:, None])
                 acc += tl.sum(tl.where(vis, p, 0.0), 0)
     p_base = part_ptr + hk.to(tl.int64) * stride_ph + b64 * stride_pb + k_start
@@ -301,12 +311,13 @@ def _key_scores_block(
 
 @triton.jit
 def _key_scores_kernel(
-    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, cu_q_ptr, cu_k_ptr, ids_ptr, bias_ptr,
     seqlen_q, seqlen_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph, total_q, total_k,
+    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph, stride_bb, total_q, total_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr = False,
 ):  # fmt: skip
     b = tl.program_id(1)
     hk = tl.program_id(2)
@@ -315,11 +326,11 @@ def _key_scores_kernel(
     n_prog = tl.num_programs(0)
     for blk in range(tl.program_id(0), tl.cdiv(len_k, BLOCK_N), n_prog):
         _key_scores_block(
-            q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, b.to(tl.int64), hk,
+            q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, bias_ptr, b.to(tl.int64), hk,
             blk * BLOCK_N, q_start, len_q, k_start, len_k, group, qk_scale, D,
             stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
-            stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph,
-            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, PRECISION,
+            stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph, stride_bb,
+            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, HAS_BIAS, PRECISION,
         )  # fmt: skip
 
 
@@ -346,12 +357,14 @@ def attention_triton(
     need_lse: bool,
     alloc,
     seqused_k: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(out, lse or None, scores or None)``; layouts as in `haic_kernels.attention`.
 
     ``max_seqlen`` / ``max_seqlen_k`` size the grid (hints: longer sequences are covered
     anyway); ``seqused_k`` (padded layout only, int32 [B], contiguous): the valid keys of each
-    sequence, as in a KV cache. ``alloc(shape, dtype, device)`` allocates the outputs.
+    sequence, as in a KV cache; ``key_bias`` fp32 contiguous [B, Sk] / [Tk]: added to each key's
+    logit. ``alloc(shape, dtype, device)`` allocates the outputs.
     """
     packed = cu_seqlens is not None
     # The kernels need unit stride along the head dim; other strides are passed through.
@@ -378,28 +391,25 @@ def attention_triton(
     os_ = (0, out.stride(0), out.stride(1)) if packed else out.stride()[:3]
     need_lse_buf = need_lse or key_scores is not None
     lse_shape = (hq, q.shape[0]) if packed else (batch, hq, seqlen_q)
+    lse = alloc(lse_shape, torch.float32, dev) if need_lse_buf else out.new_empty(1).float()
+    ls = (0, 0)  # not written (STORE_LSE=False)
     if need_lse_buf:
-        lse = alloc(lse_shape, torch.float32, dev)
-    else:
-        lse = out.new_empty(1, dtype=torch.float32)
-    if not need_lse_buf:
-        ls = (0, 0)  # not written (STORE_LSE=False)
-    elif packed:
-        ls = (0, lse.stride(0))
-    else:
-        ls = (lse.stride(0), lse.stride(1))
+        ls = (0, lse.stride(0)) if packed else (lse.stride(0), lse.stride(1))
     ids = block_ids if block_ids is not None else cu_seqlens
     ids_sb = 0 if packed or block_ids is None else block_ids.stride(0)
+    bias = key_bias if key_bias is not None else lse  # a placeholder when HAS_BIAS is False
+    bias_sb = 0 if packed or key_bias is None else key_bias.stride(0)
     if out.numel() == 0 or batch == 0:
         return out, (lse if need_lse else None), _empty_scores(k, key_scores, packed)
     block_d = _pow2_at_least(d, 16)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     qk_scale = scale * _LOG2E
     group = hq // hkv
-    common = dict(CAUSAL=causal, HAS_IDS=block_ids is not None, VARLEN=packed, PRECISION=precision)
+    common = dict(CAUSAL=causal, HAS_IDS=block_ids is not None, VARLEN=packed, PRECISION=precision,
+                  HAS_BIAS=key_bias is not None)  # fmt: skip
     args = (
-        q, k, v, out, lse, cu_seqlens, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
-        *qs, *ks, *vs, *os_, *ls, ids_sb,
+        q, k, v, out, lse, cu_seqlens, cu_k, ids, bias, seqlen_q, seqlen_k, group, qk_scale, d,
+        *qs, *ks, *vs, *os_, *ls, ids_sb, bias_sb,
     )  # fmt: skip
     bounds = (q.shape[0], k.shape[0], int(seqused_k is not None))
     m_blocks = max(max_seqlen, 1)
@@ -427,8 +437,9 @@ def attention_triton(
     scores = None
     if key_scores is not None:
         scores = _key_scores(
-            q, k, lse, key_scores, cu_seqlens, cu_k, ids, batch, seqlen_q, seqlen_k,
-            max(max_seqlen_k, 1), group, qk_scale, d, qs, ks, ls, ids_sb, block_d, common, packed,
+            q, k, lse, key_scores, cu_seqlens, cu_k, ids, bias, batch, seqlen_q, seqlen_k,
+            max(max_seqlen_k, 1), group, qk_scale, d, qs, ks, ls, ids_sb, bias_sb, block_d, common,
+            packed,
         )  # fmt: skip
     return out, (lse if need_lse else None), scores
 
@@ -441,8 +452,8 @@ def _empty_scores(k, key_scores, packed):
 
 
 def _key_scores(
-    q, k, lse, key_scores, cu_q, cu_k, ids, batch, seqlen_q, seqlen_k, max_k, group, qk_scale,
-    d, qs, ks, ls, ids_sb, block_d, common, packed,
+    q, k, lse, key_scores, cu_q, cu_k, ids, bias, batch, seqlen_q, seqlen_k, max_k, group,
+    qk_scale, d, qs, ks, ls, ids_sb, bias_sb, block_d, common, packed,
 ):  # fmt: skip
     """Second pass: per-KV-head partial column sums, reduced in a fixed order (deterministic)."""
     hkv = k.shape[-2]
@@ -463,9 +474,9 @@ def _key_scores(
         bm = _DECODE_BLOCK_M
     grid = (triton.cdiv(max_k, bn), batch, hkv)
     _key_scores_kernel[grid](
-        q, k, lse, sel, part, cu_q, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
-        *qs, *ks, *ls, sel_sb, ids_sb, *ps, q.shape[0], k.shape[0], BLOCK_M=bm, BLOCK_N=bn,
-        BLOCK_D=block_d, num_warps=4, **common,
+        q, k, lse, sel, part, cu_q, cu_k, ids, bias, seqlen_q, seqlen_k, group, qk_scale, d,
+        *qs, *ks, *ls, sel_sb, ids_sb, *ps, bias_sb, q.shape[0], k.shape[0], BLOCK_M=bm,
+        BLOCK_N=bn, BLOCK_D=block_d, num_warps=4, **common,
     )  # fmt: skip
     total = part.sum(0)  # [B, Sk] or [Tk]
     hq = q.shape[-2]

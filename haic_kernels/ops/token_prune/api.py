@@ -37,6 +37,7 @@ __all__ = [
     "keep_counts",
     "merge_weighted",
     "nearest_kept",
+    "previous_frames",
     "segment_topk",
 ]
 
@@ -80,6 +81,24 @@ def keep_counts(lengths: torch.Tensor, keep_ratio: float, *, min_keep: int = 1) 
 # ---- scoring ----------------------------------------------------------------------------------
 
 
+def previous_frames(
+    cu_frames: torch.Tensor | None, num_frames: int, device: torch.device
+) -> torch.Tensor:
+    """int32 [F]: the index of each frame's previous frame in its video, -1 for a video's first
+    frame (``cu_frames`` int [B+1], checked; None: one video)."""
+    f = num_frames
+    if cu_frames is None:
+        cu = torch.tensor([0, f], dtype=torch.int32, device=device)
+    else:
+        cu = check_cu_seqlens("cu_frames", cu_frames, f, device, what="frames")
+    # A video's first frame has no previous one. An empty video's start equals the next
+    # video's (or F): marking that frame is right either way, and the extra slot absorbs F.
+    starts = torch.zeros(f + 1, dtype=torch.bool, device=device)
+    starts[cu[:-1].long().clamp(0, f)] = True
+    ar = torch.arange(f, device=device, dtype=torch.int32)
+    return torch.where(starts[:f], torch.full_like(ar, -1), ar - 1)
+
+
 def frame_cosine_scores(
     x: torch.Tensor,
     *,
@@ -110,17 +129,7 @@ def frame_cosine_scores(
         raise TypeError(f"first_score: expected a number (+-inf allowed), got {first_score!r}")
     if math.isnan(first_score):
         raise ValueError("first_score: expected a number, got NaN (it would not rank)")
-    f = x.shape[0]
-    if cu_frames is None:
-        cu = torch.tensor([0, f], dtype=torch.int32, device=x.device)
-    else:
-        cu = check_cu_seqlens("cu_frames", cu_frames, f, x.device, what="frames")
-    # A video's first frame has no previous one. An empty video's start equals the next
-    # video's (or F): marking that frame is right either way, and the extra slot absorbs F.
-    starts = torch.zeros(f + 1, dtype=torch.bool, device=x.device)
-    starts[cu[:-1].long().clamp(0, f)] = True
-    ar = torch.arange(f, device=x.device, dtype=torch.int32)
-    prev = torch.where(starts[:f], torch.full_like(ar, -1), ar - 1)
+    prev = previous_frames(cu_frames, x.shape[0], x.device)
     chosen = COSINE.resolve(backend, x.device)
     return torch.ops.haic_kernels.token_prune_frame_cosine(x, prev, float(first_score), chosen)
 

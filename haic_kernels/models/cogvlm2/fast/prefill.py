@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from haic_kernels.constants import VISION_TOKEN_TYPE
-from haic_kernels.pruning import PruneResult, TokenLayout, plan_stages
+from haic_kernels.pruning import PruneResult, TokenLayout, VisionReduction, plan_stages, plan_vision
+from haic_kernels.pruning.vision import cu_frames_of
 
 from ..reference import check_vision_inputs, vision_embed_rows
 from .batch import TokenBatch
@@ -46,6 +47,7 @@ def _vision_rows(
     frames: torch.Tensor | None,
     vision_embeds: torch.Tensor | None,
     want_cls: bool,
+    reduction: VisionReduction | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(rows [num_vision_tokens, Dt] or None, pooled CLS scores [F, patches] or None)."""
     slots = sum(batch.counts.vision)
@@ -55,8 +57,16 @@ def _vision_rows(
             "prune: a policy needs cls_scores (the vision tower's CLS attention): pass frames, "
             "not vision_embeds"
         )
+    if reduction is not None and frames is None:
+        raise ValueError(
+            "prune: StaticPatches / VisionMerge run inside the vision tower: pass frames, not "
+            "vision_embeds"
+        )
     if frames is not None and slots:
-        return model.model.vision.encode(frames, want_cls)
+        if reduction is None:
+            return model.model.vision.encode(frames, want_cls)
+        cu = cu_frames_of(batch.counts.vision, model.config.tokens_per_frame, frames.device)
+        return model.model.vision.encode(frames, want_cls, reduction, cu)
     if vision_embeds is not None:
         return vision_embed_rows(vision_embeds, model.config.text.hidden_size, slots), None
     return None, None
@@ -76,8 +86,9 @@ def prefill(
     cfg = model.config
     tpf, num_layers = cfg.tokens_per_frame, cfg.text.num_layers
     before, in_lm = plan_stages(prune, num_layers)
+    reduction = plan_vision(prune, cfg.vision.num_layers)
     want_cls = any("cls_scores" in p.needs for p in before)
-    rows, cls = _vision_rows(model, batch, frames, vision_embeds, want_cls)
+    rows, cls = _vision_rows(model, batch, frames, vision_embeds, want_cls, reduction)
     x = model.model.embed_tokens(batch.input_ids)
     if rows is not None:
         vis = batch.token_type_ids == VISION_TOKEN_TYPE

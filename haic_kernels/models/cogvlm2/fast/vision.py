@@ -12,15 +12,19 @@ parameters: state dicts and forward hooks line up). Stages:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from haic_kernels.ops.conv_compress import conv_compress
 from haic_kernels.ops.patch_embed import patch_embed
-from haic_kernels.pruning import pool_cls_attention
+from haic_kernels.pruning import VisionReduction, pool_cls_attention
+from haic_kernels.pruning.vision import cu_frames_of
 
 from ..vision import EVA2CLIPModel, check_frames
 from .layers import attend
+from .vision_reduce import run_reduced_tower
 
 __all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
 
@@ -42,18 +46,33 @@ class FastVisionLayer(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x [N, L, Dv] -> [N, L, Dv]; with ``cls_scores`` also float32 [N, L]: the head-mean
         attention the CLS query (row 0) gives each key (what salient pruning ranks by)."""
-        a = self.attention
-        n, length, _ = x.shape
-        qkv = a.query_key_value(x).view(n, length, 3, a.num_heads, a.head_dim)
-        q, k, v = qkv.unbind(2)  # [N, L, H, Dh] strided views: the kernels take strides
         rows = None
         if cls_scores:
-            rows = torch.zeros(n, length, dtype=torch.bool, device=x.device)
+            rows = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
             rows[:, 0] = True
-        ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend)
-        h = x + self.input_layernorm(a.dense(ctx.reshape(n, length, -1)))
-        y = h + self.post_attention_layernorm(self.mlp(h))
+        h, _, scores = self.attention_residual(x, rows)
+        y = self.mlp_residual(h)
         return y if scores is None else (y, scores)
+
+    # The two halves of the block, so token reduction can run between them (`vision_reduce`).
+
+    def attention_residual(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None, **attn: object
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``h = x + LN1(attn(x))`` -> (h, the keys [..., H, Dh], key scores or None). x [N, L, Dv]
+        (frames) or [T, Dv] (packed frames: ``attn`` holds cu_seqlens, max_seqlen, key_bias);
+        ``rows``: the query rows whose attention mass `attention`'s key_scores returns."""
+        a = self.attention
+        lead = x.shape[:-1]
+        qkv = a.query_key_value(x).view(*lead, 3, a.num_heads, a.head_dim)
+        q, k, v = qkv.unbind(-3)  # strided views: the kernels take strides
+        ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend, **attn)
+        h = x + self.input_layernorm(a.dense(ctx.reshape(*lead, -1)))
+        return h, k, scores
+
+    def mlp_residual(self, h: torch.Tensor) -> torch.Tensor:
+        """``y = h + LN2(fc2(gelu(fc1(h))))``, any leading shape."""
+        return h + self.post_attention_layernorm(self.mlp(h))
 
 
 class _Transformer(nn.Module):
@@ -96,6 +115,20 @@ class FastEVA2CLIPModel(nn.Module):
             x = layer(x)
         return layers[-1](x, cls_scores) if len(layers) else x
 
+    def run_reduced_tower(
+        self,
+        x: torch.Tensor,
+        reduction: VisionReduction,
+        frames: torch.Tensor,
+        frames_per_video: Sequence[int],
+    ) -> torch.Tensor:
+        """`run_vision_tower` with token reduction: the packed tower of `run_reduced_tower`
+        (module ``vision_reduce``); ``self.reduction_trace`` keeps the rows each block ran."""
+        cu = cu_frames_of(frames_per_video, 1, x.device)
+        x, _, tok = run_reduced_tower(self, x, reduction, frames, cu)
+        self.reduction_trace = tok.trace
+        return x
+
     def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         """[N, 1 + g*g, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv (drops CLS), GLU, boi/eoi."""
         v = self.config.vision
@@ -111,12 +144,23 @@ class FastEVA2CLIPModel(nn.Module):
                           self.eoi.expand(n, -1, -1).to(y.dtype)], dim=1)  # fmt: skip
 
     def encode(
-        self, frames: torch.Tensor, cls_scores: bool = False
+        self,
+        frames: torch.Tensor,
+        cls_scores: bool = False,
+        reduction: VisionReduction | None = None,
+        cu_frames: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three stages: (LM rows [N * tokens_per_frame, Dt], with ``cls_scores`` the last
-        block's CLS attention pooled per LM patch token [N, patches], else None)."""
-        x = self.run_vision_tower(self.embed_patches(frames), cls_scores)
-        x, cls = x if cls_scores else (x, None)
+        block's CLS attention pooled per LM patch token [N, patches], else None). With a
+        ``reduction`` the tower runs packed (`run_reduced_tower`; ``cu_frames`` int [B+1]: the
+        videos' frames) and ``self.reduction_trace`` keeps the rows each block ran."""
+        x = self.embed_patches(frames)
+        if reduction is None:
+            x = self.run_vision_tower(x, cls_scores)
+            x, cls = x if cls_scores else (x, None)
+        else:
+            x, cls, tok = run_reduced_tower(self, x, reduction, frames, cu_frames, cls_scores)
+            self.reduction_trace = tok.trace
         rows = self.compress_and_adapt(x).flatten(0, 1)
         return rows, None if cls is None else pool_cls_attention(cls)
 
