@@ -9,12 +9,14 @@ run passes, 1 when a stage breaks the rule or tokens differ, 2 for a usage error
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .. import backends
-from ..models.cogvlm2 import VARIANTS, build_prompt, get_config, stack_prompts
+from ..models.cogvlm2 import VARIANTS, CogVLM2Config, build_prompt, get_config, stack_prompts
+from ..models.cogvlm2.config import ROPE_PRECISIONS
 from ..models.cogvlm2.fast.model import BACKENDS
 from ..pruning import Compose, StaticPatches, Temporal, TextGuided, VisionMerge
 from ..testing.model_parity import build_models, make_inputs, max_clip_frames, run_parity
@@ -81,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="device of the oracle (default: same)",
     )
+    p.add_argument(
+        "--rope-precision", default=None, choices=[*ROPE_PRECISIONS, "both"],
+        help="RoPE angles of all three models: release (the release's bf16 angles), fp32, or "
+        "both (one run each); default: the config's (release)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument(
         "--reduce", action="append", type=reduce_option, default=[], metavar="SPEC",
@@ -137,6 +144,14 @@ def _reduction(args: argparse.Namespace, config, dtype, device, tokenizer, clip)
     print(format_reduction(rows) + "\n")
 
 
+def _rope_variants(config: CogVLM2Config, precision: str | None) -> list[CogVLM2Config]:
+    """``config`` with each asked ``--rope-precision`` (None: as it is)."""
+    if precision is None:
+        return [config]
+    wanted = ROPE_PRECISIONS if precision == "both" else (precision,)
+    return [replace(config, text=replace(config.text, rope_precision=p)) for p in wanted]
+
+
 def run(args: argparse.Namespace) -> int:
     """One run per variant; prints the tables; the exit status of the module docstring."""
     if args.video is not None:
@@ -153,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             raise usage_error("--config full needs a GPU")
         variants = VARIANTS if args.variant in (None, "all") else (args.variant,)
         configs = [get_config(args.config, v) for v in variants]
+    configs = [c for config in configs for c in _rope_variants(config, args.rope_precision)]
     # The tokenizers are read and checked before any weight is.
     tokenizers = [load_tokenizer(args.checkpoint, config) for config in configs]
     video = None
@@ -187,6 +203,6 @@ def run(args: argparse.Namespace) -> int:
             _reduction(args, config, dtype, device, tokenizer, clip)
     if args.json is not None:
         print(f"wrote {write_json(results, args.json)}")
-    bad = [r.config for r in results if not r.ok]
+    bad = [f"{r.config} (rope {r.rope_precision})" for r in results if not r.ok]
     print(f"haic parity: {'FAIL: ' + ', '.join(bad) if bad else 'all runs pass'}")
     return EXIT_FAILED if bad else EXIT_OK

@@ -269,6 +269,7 @@ def compare(
         device=str(ref_p.device),
         backend=str(getattr(models.fast, "backend", "auto")),
         oracle_dtype=str(ora_p.dtype).removeprefix("torch."),
+        rope_precision=config.text.rope_precision,
         stages=[StageResult(label, mod, None) for label, mod in stages],
     )
     result.stages.append(StageResult("logits", "lm_head (output)", None))

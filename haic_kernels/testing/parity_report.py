@@ -54,6 +54,7 @@ class ParityResult:
     device: str
     backend: str
     oracle_dtype: str
+    rope_precision: str = "release"
     stages: list[StageResult] = field(default_factory=list)
     prompts: list[PromptResult] = field(default_factory=list)
 
@@ -79,8 +80,9 @@ class ParityResult:
     def format_table(self) -> str:
         """The report `haic parity` prints."""
         lines = [
-            f"parity: {self.config}, fast {self.dtype} on {self.device} (backend {self.backend}) "
-            f"vs reference {self.dtype} vs oracle {self.oracle_dtype}",
+            f"parity: {self.config} (rope {self.rope_precision}), fast {self.dtype} on "
+            f"{self.device} (backend {self.backend}) vs reference {self.dtype} vs oracle "
+            f"{self.oracle_dtype}",
             f"  {'stage':<16} {'shape':<18} {'fast max rel':>12} {'fast mean rel':>13} "
             f"{'ref max rel':>11} {'err/bound':>9}  verdict",
         ]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from haic_kernels.app import cli
+from haic_kernels.app import parity as parity_command
 from haic_kernels.models.cogvlm2 import get_config
 from haic_kernels.testing import model_parity as parity
 
@@ -125,3 +126,23 @@ def test_parity_with_the_triton_backend(tmp_path: Path) -> None:
 def test_parity_usage_errors(tmp_path: Path) -> None:
     r = _haic("parity", "--checkpoint", str(tmp_path), "--variant", "all", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_parity_runs_each_rope_precision(tmp_path: Path) -> None:
+    """``--rope-precision both``: one run per setting, each model built with it, each named."""
+    out = tmp_path / "parity.json"
+    r = _haic("parity", "--config", "tiny", "--variant", "video-chat", "--device", "cpu",
+              "--prompts", "1", "--max-new-tokens", "2", "--no-video", "--rope-precision",
+              "both", "--json", str(out), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [run["rope_precision"] for run in runs] == ["release", "fp32"]
+    assert all(run["ok"] for run in runs)
+    assert "(rope release)" in r.stdout and "(rope fp32)" in r.stdout
+
+
+def test_rope_variants_replace_only_the_text_setting() -> None:
+    config = get_config("tiny", "video-chat")
+    (fp32,) = parity_command._rope_variants(config, "fp32")
+    assert fp32.text.rope_precision == "fp32" and fp32.vision == config.vision
+    assert parity_command._rope_variants(config, None) == [config]
