@@ -25,8 +25,14 @@ from haic_kernels.models.cogvlm2 import (  # noqa: E402
 )
 from haic_kernels.testing import poison_  # noqa: E402
 
+#: Tests that take minutes in one process (the ahead-of-time compile of every Triton kernel):
+#: run first, so that with pytest-xdist the other workers share out the rest meanwhile instead
+#: of one worker finishing alone with them at the end.
+LONG_FIRST = ("tests/test_triton_aot.py::test_triton_kernels_compile_for_gpu_targets",)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid not in LONG_FIRST)  # stable: the rest keep order
     if HAS_CUDA:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; this machine has none")

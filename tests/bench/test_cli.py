@@ -153,7 +153,10 @@ def test_a_wrong_backend_fails_its_check(tmp_path, fake_op, capsys):
 
 
 def _pytest_benchmarks(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A child pytest must not think it is an xdist worker of this run (pytest-benchmark then
+    # turns itself off and writes no JSON).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = str(REPO)
     cmd = [
         sys.executable,
         "-m",
