@@ -21,8 +21,8 @@ from haic_kernels.ops._common import (
     check_tensor,
     check_values,
 )
+from haic_kernels.ops.token_merge.format import NO_PREVIOUS
 from haic_kernels.ops.token_merge.ops import MATCH, MERGE, OP, PATCH_DIFF
-from haic_kernels.ops.token_merge.reference import NO_PREVIOUS
 from haic_kernels.ops.token_prune.api import previous_frames
 
 __all__ = ["BACKENDS", "NO_PREVIOUS", "bipartite_match", "max_merges", "merge_packed",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from haic_kernels.ops.token_merge.format import NO_PREVIOUS
+
 # Denominator floor of the cosine (as token_prune's): <a, b> / sqrt(max(|a|^2 |b|^2, EPS^2)).
 COS_EPS = 1e-8
-# patch_difference score of a frame without a previous one: above every uint8 difference.
-NO_PREVIOUS = 256
 
 
 def bipartite_match_reference(
