@@ -77,3 +77,20 @@ def activation_triton(
         BLOCK=_BLOCK,
         num_warps=_NUM_WARPS,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# silu_mul over the halves of one [T, 2 * 14336] gate/up output (row stride 28672) and
+# bias_gelu over the vision fc1 output [T, 15360].
+AOT_CASES = [
+    *(dict(kernel="_act_fwd_kernel", variant=f"{name},silu_mul",
+           args=dict(a_ptr=dt, b_ptr=dt, out_ptr=dt, n_cols=14336, stride_a=28672,
+                     stride_b=28672, GELU=False, HAS_B=True, BLOCK=_BLOCK),
+           warps=_NUM_WARPS, hot=dt == torch.bfloat16, quick=dt != torch.float32)
+      for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))),
+    *(dict(kernel="_act_fwd_kernel", variant=f"{name},bias_gelu",
+           args=dict(a_ptr=dt, b_ptr=dt, out_ptr=dt, n_cols=15360, stride_a=15360, stride_b=0,
+                     GELU=True, HAS_B=True, BLOCK=_BLOCK),
+           warps=_NUM_WARPS, hot=dt == torch.bfloat16, quick=dt != torch.float32)
+      for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))),
+]  # fmt: skip

@@ -402,3 +402,60 @@ def _key_scores(
         n_key = key_scores.sum(1, keepdim=True)  # [B, 1]
     denom = (n_key * hq).to(torch.float32)
     return torch.where(n_key > 0, total / denom.clamp_min(1.0), 0.0)
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The model's calls, with the strides the launcher passes:
+# - vision: dense [24, 257, 16, 112] q/k/v, strided views of the QKV output [24, 257, 3, 16, 112]
+#   (row stride 5376), full attention, one query head per KV head (group 1: a constant);
+# - LM prefill: dense [1, 1624, 32|8, 128] from rope_qkv, causal, GQA 4; and packed (varlen:
+#   batch strides 0, cu_seqlens) for ragged batches;
+# - the small-tile path (<= 16 query rows: decode without the CUDA kernel) against a cache of
+#   1688 rows [1, 1688, 8, 128];
+# - key scores (pruning: not hot): the vision CLS row and the LM's last row.
+# Quick: bf16, tiles 128x64 (8 warps) and 64x64, and the small-tile path in bf16 / fp16;
+# --full: every config and dtype (fp32 tiles take ptxas 12-40 s each).
+def _attn_args(dt, d, sq, sk, qs, ks, os_, group, varlen, causal, bucket):
+    return dict(
+        q_ptr=dt, k_ptr=dt, v_ptr=dt, o_ptr=dt, lse_ptr=torch.float32, cu_q_ptr=torch.int32,
+        cu_k_ptr=torch.int32, ids_ptr=torch.int32, seqlen_q=sq, seqlen_k=sk, group=group,
+        qk_scale=d**-0.5 * _LOG2E, D=d, stride_qb=qs[0], stride_qt=qs[1], stride_qh=qs[2],
+        stride_kb=ks[0], stride_kt=ks[1], stride_kh=ks[2], stride_vb=ks[0], stride_vt=ks[1],
+        stride_vh=ks[2], stride_ob=os_[0], stride_ot=os_[1], stride_oh=os_[2], stride_lb=0,
+        stride_lh=0, stride_ib=0, len_bucket=bucket, BLOCK_D=max(16, 1 << (d - 1).bit_length()),
+        CAUSAL=causal, HAS_IDS=False, VARLEN=varlen, STORE_LSE=False,
+        PRECISION="ieee" if dt == torch.float32 else "tf32",
+    )  # fmt: skip
+
+
+# (D, seqlen_q, seqlen_k, q strides, k/v strides, o strides, group, VARLEN, CAUSAL, len_bucket)
+_VISION = (112, 257, 257, (257 * 5376, 5376, 112), (257 * 5376, 5376, 112),
+           (257 * 1792, 1792, 112), 1, False, False, 512)  # fmt: skip
+_LM = (128, 1624, 1624, (1624 * 4096, 4096, 128), (1624 * 1024, 1024, 128),
+       (1624 * 4096, 4096, 128), 4, False, True, 2048)  # fmt: skip
+_LM_PACKED = (128, 0, 0, (0, 4096, 128), (0, 1024, 128), (0, 4096, 128), 4, True, True, 2048)
+_DECODE = (128, 1, 1688, (4096, 4096, 128), (1688 * 1024, 1024, 128), (4096, 4096, 128), 4,
+           False, True, 0)  # fmt: skip
+_ATTN_DTYPES = (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
+AOT_CASES = [
+    *(dict(kernel="_attn_fwd_kernel", variant=f"{name},{call}",
+           args=_attn_args(dt, *shape), configs=_GPU_CONFIGS,
+           quick=(0, 2) if dt == torch.bfloat16 and call != "lm packed" else (),
+           hot=dt == torch.bfloat16)
+      for name, dt in _ATTN_DTYPES
+      for call, shape in (("vision", _VISION), ("lm", _LM), ("lm packed", _LM_PACKED))
+      if call != "lm packed" or dt == torch.bfloat16),
+    *(dict(kernel="_attn_fwd_kernel", variant=f"{name},decode 16x64",
+           args={**_attn_args(dt, *_DECODE), "BLOCK_M": _DECODE_BLOCK_M, "BLOCK_N": 64},
+           warps=4, quick=dt != torch.float32, hot=dt == torch.bfloat16)
+      for name, dt in _ATTN_DTYPES),
+    *(dict(kernel="_key_scores_kernel", variant=f"{name},{call}",
+           args={**{k: v for k, v in _attn_args(dt, *shape).items()
+                    if k not in ("v_ptr", "o_ptr", "STORE_LSE", "len_bucket") and
+                    not k.startswith(("stride_v", "stride_o", "stride_i"))},
+                 "sel_ptr": torch.uint8, "part_ptr": torch.float32, "stride_lb": 16 * 257,
+                 "stride_lh": 257, "stride_sb": 257, "stride_ib": 0, "stride_pb": 257,
+                 "stride_ph": 24 * 257, "BLOCK_M": _SCORES_BLOCK_M, "BLOCK_N": _SCORES_BLOCK_N},
+           warps=4, quick=dt == torch.bfloat16, hot=False)
+      for name, dt in _ATTN_DTYPES for call, shape in (("vision", _VISION), ("lm", _LM))),
+]  # fmt: skip

@@ -41,6 +41,10 @@ def quantize_rows(x: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tens
     check_tensor("x", x, dims=2, dtypes=DTYPES, shape_hint="[M, K]")
     chosen = resolve_backend("quantize_rows", backend, x.device, choices=QUANT_CHOICES,
                              auto_order=("triton",))  # fmt: skip
+    if chosen == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
+        if backend != "auto":  # Triton has no e4m3 type before sm_89
+            raise BackendUnavailable("quantize_rows: backend='triton' needs sm_89+ for e4m3")
+        chosen = "torch"
     q, scale = torch.ops.haic_kernels.quantize_rows(x, chosen)
     return q, scale
 

@@ -84,13 +84,38 @@ def _quantize_rows_kernel(
             tl.store(q_row + c0 + cols, y.to(q_ptr.dtype.element_ty), mask=m)
 
 
+def _launch_shape(k: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) for rows of ``k`` elements."""
+    block = min(triton.next_power_of_2(k), _MAX_BLOCK)
+    return block, max(1, min(16, block // (32 * _ELEMS_PER_THREAD)))
+
+
 def quantize_rows_triton(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
     """Quantize x [M, K] (unit column stride) into q [M, K] e4m3 and scale [M] fp32."""
     m, k = x.shape
     if m == 0 or k == 0:
         return
-    block = min(triton.next_power_of_2(k), _MAX_BLOCK)
-    warps = max(1, min(16, block // (32 * _ELEMS_PER_THREAD)))
+    block, warps = _launch_shape(k)
     _quantize_rows_kernel[(m,)](
         x, q, scale, k, x.stride(0), ONE_TILE=k <= block, BLOCK=block, num_warps=warps
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The activations of the large linears, one row per token: K 4096 (QKV, gate/up), 14336 (down),
+# 1792 (vision fc1) and 15360 (vision fc2); bf16 in, e4m3 out.
+def _quant_case(name, dt, k, quick=True):
+    block, warps = _launch_shape(k)
+    return dict(
+        kernel="_quantize_rows_kernel", variant=f"{name},K={k}",
+        args=dict(x_ptr=dt, q_ptr=torch.float8_e4m3fn, scale_ptr=torch.float32, n_cols=k,
+                  stride_x=k, ONE_TILE=k <= block, BLOCK=block),
+        warps=warps, hot=dt == torch.bfloat16, quick=quick, min_arch=89,  # e4m3: sm_89+
+    )  # fmt: skip
+
+
+AOT_CASES = [
+    *(_quant_case("bf16", torch.bfloat16, k) for k in (4096, 14336, 1792, 15360)),
+    _quant_case("fp16", torch.float16, 4096, quick=False),
+    _quant_case("fp32", torch.float32, 4096, quick=False),
+]

@@ -122,6 +122,12 @@ def _store_output(n, w_ptr, b_ptr, r_row, y_row, cols, m, RESIDUAL: tl.constexpr
     tl.store(y_row + cols, y, mask=m)
 
 
+def _launch_shape(d: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) for rows of ``d`` elements."""
+    block = min(triton.next_power_of_2(d), _MAX_BLOCK)
+    return block, max(1, min(16, block // (32 * _ELEMS_PER_THREAD)))
+
+
 def row_norm_triton(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -143,8 +149,7 @@ def row_norm_triton(
         residual = residual.contiguous()
     weight = weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    block = min(triton.next_power_of_2(d), _MAX_BLOCK)
-    warps = max(1, min(16, block // (32 * _ELEMS_PER_THREAD)))
+    block, warps = _launch_shape(d)
     r = residual if residual is not None else x
     _row_norm_fwd_kernel[(t,)](
         x,
@@ -164,3 +169,29 @@ def row_norm_triton(
         BLOCK=block,
         num_warps=warps,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The model's rows, contiguous: the LM's add_rms_norm and final rms_norm (D 4096), EVA2's
+# post-norm add_layer_norm (D 1792, bias), the adapter's layer_norm (D 4096); the tiled loop
+# (rows past _MAX_BLOCK, not on the model's path) at D 16384.
+def _norm_case(name, dt, d, rms, residual, bias, hot=True, quick=True):
+    block, warps = _launch_shape(d)
+    return dict(
+        kernel="_row_norm_fwd_kernel", variant=f"{name},{'rms' if rms else 'ln'},mode={residual},D={d}",
+        args=dict(x_ptr=dt, r_ptr=dt, w_ptr=dt, b_ptr=dt, y_ptr=dt, h_ptr=dt, n_cols=d,
+                  stride_x=d, stride_r=d, eps=1e-5, RMS=rms, RESIDUAL=residual, HAS_BIAS=bias,
+                  ONE_TILE=d <= block, BLOCK=block),
+        warps=warps, hot=hot and dt == torch.bfloat16, quick=quick,
+    )  # fmt: skip
+
+
+AOT_CASES = [
+    _norm_case("bf16", torch.bfloat16, 4096, True, 1, False),
+    _norm_case("bf16", torch.bfloat16, 4096, True, 0, False),
+    _norm_case("bf16", torch.bfloat16, 1792, False, 2, True),
+    _norm_case("bf16", torch.bfloat16, 4096, False, 0, True),
+    _norm_case("bf16", torch.bfloat16, 16384, True, 1, False, hot=False),
+    _norm_case("fp16", torch.float16, 4096, True, 1, False),
+    _norm_case("fp32", torch.float32, 1792, False, 2, True, quick=False),
+]
