@@ -21,10 +21,10 @@ import torch
 
 from haic_kernels import _aot_check
 
-# The quick set (~70 compilations: sm_90 two autotune configs per bf16 GEMM / attention set and
-# every other hot kernel, sm_80 bf16 with one config per set) takes ~140 s of CPU, ~75 s on 2
-# idle cores (170 s on a loaded one); ``python -m haic_kernels._aot_check --full`` compiles
-# everything (much longer: fp32 GEMM/attention tiles take ptxas 10-130 s each).
+# The quick set (67 compilations: sm_90 two autotune configs per bf16 GEMM / attention set and
+# every hot kernel, sm_80 the bf16 cases) takes ~130 s of CPU, ~70 s on 2 idle cores (5 min on
+# one loaded 4x); ``python -m haic_kernels._aot_check --full`` compiles everything (much longer:
+# fp32 GEMM/attention tiles take ptxas 10-130 s each).
 TIMEOUT_S = 600
 
 
