@@ -91,8 +91,9 @@ def cases(size: str, device: torch.device) -> list[Case]:
         def dense(x, k=k, n=n, d=dtype):
             return F.linear(x, _Weights.get(op, k, n, d, x.device)[0])
 
-        out.append(Case(backend="torch bf16" if dtype == torch.bfloat16 else "torch",
-                        fn=dense, baseline=True, flops=flops, bytes=nbytes, **base))  # fmt: skip
+        short = str(base["dtype"]).replace("bfloat", "bf").replace("float", "fp")
+        out.append(Case(backend=f"torch {short}", fn=dense, baseline=True, flops=flops,
+                        bytes=nbytes, **base))  # fmt: skip
         flops8, bytes8 = counts(m, k, n, 1)
         for b in ("scaled_mm",) if size == "full" else ("emulated",):
 

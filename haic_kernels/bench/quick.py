@@ -1,0 +1,351 @@
+"""The quick GPU run: the benchmarks that matter, each step under a wall-clock deadline.
+
+`benchmarks/gpu_suite.sh OUT quick` calls (after the build and the GPU parity tests)::
+
+    python -m haic_kernels.bench.quick e2e OUT/quick_e2e.json --deadline EPOCH
+    python -m haic_kernels.bench.quick kernels OUT/quick_kernels.json --deadline EPOCH
+    python -m haic_kernels.bench.quick table OUT        # one table: steps, kernels, end to end
+
+``kernels``: the cases of `QUICK` (attention at the vision and LM shapes, decode attention,
+expert_linear with 2 experts, the fused norms and activations, fp8 linears, patch_embed,
+conv_compress) at full size, 20 timed runs each, against their baselines. ``e2e``: the
+full-size video-chat model with random bf16 weights, fast vs the eager+SDPA reference in one
+process: time to first token from 24 uint8 frames (patch embed, vision tower, adapter,
+prefill), decode tokens/s over `NEW_TOKENS` steps and the bandwidth fraction, then the kernels
+and host syncs of one fast decode step on the GPU (`launches.count_launches`). No video
+decoding: the frames are random, so neither PyAV nor DALI is needed.
+
+Both set HAIC_TRUST_UNVERIFIED=1 (``auto`` picks the fast paths this run verifies), name the
+backend of every row (kernels: the op's explicit backend; e2e: the Triton kernels and _C
+calls the fast model ran), rewrite their JSON after every row so that a kill leaves what was
+measured, and start no new work past ``deadline - MARGIN_S`` (the rest is listed "out of
+time"). ``--size tiny`` runs the same code on the CPU in seconds (the suite's smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haic_kernels.bench import launches, runner, suites
+from haic_kernels.bench.e2e import _row, kv_bytes, lm_weight_bytes
+from haic_kernels.bench.env import collect_env
+from haic_kernels.bench.results import SPEEDUP_PREFIX, add_speedups, to_document, write_json
+from haic_kernels.bench.roofline import measure_peaks
+from haic_kernels.models.cogvlm2 import (
+    ByteTokenizer,
+    CogVLM2ForCausalLM,
+    build_prompt,
+    get_config,
+    stack_prompts,
+)
+from haic_kernels.models.cogvlm2.fast_model import FastCogVLM2
+from haic_kernels.run_video import _Clock, _greedy, _vision_stages
+
+# suite -> the full-size case names timed (None: all of the suite's cases).
+QUICK: dict[str, list[str] | None] = {
+    "attention_vision": ["f24-l257"],
+    "attention": ["s2k"],
+    "attention_decode": ["b1-s2k", "b8-s2k"],
+    "expert_linear": None,
+    "norm": None,
+    "activation": None,
+    "fp8_linear": None,
+    "patch_embed": ["b1-f24-224"],
+    "conv_compress": ["b1-f24-g16"],
+}
+# Left out of the quick run: torch.compile baselines (10-30 s of compiling each), the ops' own
+# PyTorch references and boolean-mask routing (eager paths the other baselines already bound).
+SKIP_BACKENDS = frozenset({"torch.compile", "torch", "boolean-mask indexing"})
+MARGIN_S = 15.0  # no new case or pass starts with less than this left
+NEW_TOKENS = 32  # decode steps timed per pass (the first token is the prefill's)
+E2E = {  # size -> (config preset, dtype, frames, timed passes after one warm-up)
+    "full": ("full", torch.bfloat16, 24, 2),
+    "tiny": ("tiny", torch.float32, 2, 1),
+}
+
+
+def _left(deadline: float) -> float:
+    return deadline - time.time()
+
+
+def _write(path: Path, rows, device, peaks, skipped, failed, extra=None) -> None:
+    add_speedups(rows)
+    doc = to_document(rows, collect_env(device), peaks=peaks, skipped=skipped, failed=failed)
+    doc.update(extra or {})
+    write_json(path, doc)
+
+
+def run_kernels(path: Path, size: str, device: torch.device, deadline: float, reps: int = 20,
+                warmup: int = 3) -> None:  # fmt: skip
+    """Time the `QUICK` cases; the JSON at ``path`` is rewritten after each."""
+    os.environ["HAIC_TRUST_UNVERIFIED"] = "1"
+    p = measure_peaks(device)
+    peaks = p.to_dict() if p else None
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for suite, names in QUICK.items():
+        for case in suites.cases(suite, size, device):
+            if case.backend in SKIP_BACKENDS or (size == "full" and names and case.name not in
+                                                 names):  # fmt: skip
+                continue
+            entry = {"suite": suite, "case": case.name, "backend": case.backend}
+            if case.skip_reason:
+                skipped.append({**entry, "reason": case.skip_reason})
+            elif _left(deadline) < MARGIN_S:
+                skipped.append({**entry, "reason": "out of time (the quick run's deadline)"})
+            else:
+                try:
+                    t = runner.time_case(case, device, reps=reps, warmup=warmup)
+                    rows.append(runner.make_row(case, t, p))
+                except Exception as exc:  # reported, the run goes on
+                    failed.append({**entry, "reason": f"{type(exc).__name__}: {exc}"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            _write(path, rows, device, peaks, skipped, failed)
+    _write(path, rows, device, peaks, skipped, failed)
+
+
+# ---- the model's entry points (one place: the redesign renames them) ---------------------------
+
+
+class ModelCalls:
+    """Everything the e2e rows call on the models."""
+
+    @staticmethod
+    def build(size: str, dtype: torch.dtype, frames: int, device: torch.device):
+        """(config, reference, fast) sharing one set of random weights, built on ``device``.
+
+        Timing weights, drawn on the device in a second (`init_random_weights` draws on the host,
+        a minute at full size): the modules' own initialization, then N(0, 0.02) for everything
+        but norm weights (left at 1), so no parameter is left uninitialized."""
+        config = get_config(size, "video-chat", max_frames=frames)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                ref = CogVLM2ForCausalLM(config, attn_impl="sdpa")
+        finally:
+            torch.set_default_dtype(previous)
+        gen = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                owner = name.split(".")[-2] if "." in name else ""
+                if "norm" not in owner:
+                    p.normal_(0.0, 0.02, generator=gen)
+        return config, ref.eval(), FastCogVLM2.from_reference(ref).eval()
+
+    @staticmethod
+    def one_pass(model, kind: str, frames, ids, types, new_tokens: int, device, dtype):
+        """Stage times (ms) of one video -> tokens pass, and the decode steps taken."""
+        clock = _Clock(device)
+        with torch.inference_mode():
+            embeds = _vision_stages(model, kind, frames, dtype, clock)
+            if kind == "fast":
+                t: dict[str, Any] = {}
+                model.generate(ids, types, vision_embeds=embeds, max_new_tokens=new_tokens,
+                               eos_token_id=None, timings=t)  # fmt: skip
+                clock.ms["prefill"] = t["prefill_s"] * 1e3
+                clock.ms["decode tokens"] = t["decode_s"] * 1e3
+                steps = int(t["decode_tokens"]) // ids.shape[0]
+            else:
+                _, steps = _greedy(model, ids, types, embeds, new_tokens, None, clock)
+        return dict(clock.ms), steps
+
+    @staticmethod
+    def decode_step_launches(fast, frames, ids, types) -> launches.LaunchReport:
+        """Kernels and host syncs of one fast decode step, traced where the model runs."""
+        with torch.inference_mode():
+            embeds = fast.encode_frames(frames)
+
+        def gen(n: int):
+            return fast.generate(ids, types, vision_embeds=embeds, max_new_tokens=n,
+                                 cuda_graph=False)  # fmt: skip
+
+        kw = dict(layers=fast.model.layers, root=fast)
+        three, _ = launches.count_launches(gen, 3, **kw)
+        two, _ = launches.count_launches(gen, 2, warmup=False, **kw)
+        return three - two
+
+
+def run_e2e(path: Path, size: str, device: torch.device, deadline: float) -> None:
+    """TTFT and decode tokens/s, reference then fast; the JSON is rewritten after each pass."""
+    os.environ["HAIC_TRUST_UNVERIFIED"] = "1"
+    preset, dtype, n_frames, reps = E2E[size]
+    p = measure_peaks(device)
+    peaks = p.to_dict() if p else None
+    config, ref, fast = ModelCalls.build(preset, dtype, n_frames, device)
+    v = config.vision
+    frames = torch.randint(0, 256, (n_frames, v.image_size, v.image_size, 3), dtype=torch.uint8,
+                           device=device)  # fmt: skip
+    prompt = build_prompt(ByteTokenizer(), "Describe this video.", n_frames, config)
+    ids, types = (t.to(device) for t in stack_prompts([prompt]))
+    spec = {"batch": 1, "frames": n_frames}
+    elem = torch.empty((), dtype=dtype).element_size()
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"e2e": {"size": size, "new_tokens": NEW_TOKENS,
+                                     "prompt_len": ids.shape[1], "backends": {}}}  # fmt: skip
+    for kind, model, label in (("reference", ref, "reference (eager, SDPA)"),
+                               ("fast", fast, "fast")):  # fmt: skip
+        runs = []
+        for i in range(1 + reps):  # the first pass warms up (Triton compiles, cuBLAS handles)
+            if _left(deadline) < MARGIN_S:
+                skipped.append({"suite": "e2e", "case": f"{kind} pass {i}", "backend": label,
+                                "reason": "out of time (the quick run's deadline)"})  # fmt: skip
+                break
+            ms, steps = ModelCalls.one_pass(model, kind, frames, ids, types, NEW_TOKENS, device,
+                                            dtype)  # fmt: skip
+            if i > 0 or reps == 0:
+                runs.append((ms, steps))
+        if not runs:
+            continue
+        med = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
+        steps = runs[0][1]
+        base = kind == "reference"
+        ttft = sum(med[k] for k in ("patch embed", "vision tower", "compress + adapter",
+                                     "prefill"))  # fmt: skip
+        rows.append(_row("time to first token", label, base, spec, dtype, ttft, len(runs),
+                         suite="e2e"))  # fmt: skip
+        step_ms = med["decode tokens"] / max(steps, 1)
+        nbytes = lm_weight_bytes(ref) + kv_bytes(config, 1, ids.shape[1] + steps / 2, elem)
+        gbps = nbytes / (step_ms * 1e-3) / 1e9 if steps else None
+        rows.append(
+            _row(
+                "decode step",
+                label,
+                base,
+                spec,
+                dtype,
+                step_ms,
+                len(runs),
+                suite="e2e",
+                bytes=int(nbytes),
+                gbps=gbps,
+                frac=gbps / p.gbps if (p and gbps) else None,
+                tokens_per_s=1e3 / step_ms if steps else None,
+                decode_steps=steps,
+            )
+        )
+        for name, value in med.items():  # fmt: skip
+            rows.append(_row(f"stage: {name}", label, base, spec, dtype, value, len(runs),
+                             suite="e2e"))  # fmt: skip
+        _write(path, rows, device, peaks, skipped, [], extra)
+    if _left(deadline) >= MARGIN_S:
+        report = ModelCalls.decode_step_launches(fast, frames, ids, types)
+        k, s = report.per_layer()
+        extra["e2e"]["decode_step_launches"] = {
+            "kernels": report.kernels,
+            "syncs": report.syncs,
+            "per_layer_max": k,
+            "per_layer_syncs_max": s,
+            "layer0": dict(report.layers[0].by_kernel),
+        }
+        names = report.total.by_kernel
+        extra["e2e"]["backends"] = {
+            "triton kernels": sorted(n for n in names if n.startswith("triton ")),
+            "_C calls": sorted(n for n in names if n.startswith("_C.")),
+        }  # fmt: skip
+    _write(path, rows, device, peaks, skipped, [], extra)
+
+
+# ---- the one table -----------------------------------------------------------------------------
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def table(out: Path) -> str:
+    """Steps (from OUT/steps.tsv), kernel rows and e2e rows, as one plain-text table."""
+    lines = []
+    steps = out / "steps.tsv"
+    if steps.exists():
+        lines.append(f"{'step':<28}{'status':<14}{'seconds':>8}{'budget':>8}")
+        for ln in steps.read_text().splitlines():
+            name, status, secs, budget = [*ln.split("\t"), "", "", ""][:4]
+            lines.append(f"{name:<28}{status:<14}{secs:>8}{budget:>8}")
+    docs = {n: _load(out / f"quick_{n}.json") for n in ("kernels", "e2e")}
+    kern = docs["kernels"]
+    if kern:
+        lines.append(f"\n{'kernels (median ms)':<42}{'backend':<24}{'ms':>9}{'TFLOP/s':>9}"
+                     f"{'GB/s':>8}{'%BW':>6}  vs baseline")  # fmt: skip
+        for r in kern["results"]:
+            sp = [
+                f"{v:.2f}x {k.removeprefix(SPEEDUP_PREFIX)}"
+                for k, v in r.items()
+                if k.startswith(SPEEDUP_PREFIX) and v is not None and not r["baseline"]
+            ]
+            bw = r.get("frac_peak_gbps")
+            lines.append(f"{r['suite'] + '/' + r['case']:<42}{r['backend']:<24}"
+                         f"{r['median_ms']:9.3f}{r['tflops'] or 0:9.1f}{r['gbps'] or 0:8.0f}"
+                         f"{(f'{100 * bw:.0f}' if bw else '-'):>6}  {', '.join(sp)}")  # fmt: skip
+        for r in kern.get("skipped", []) + kern.get("failed", []):
+            lines.append(f"  not timed: {r['suite']}/{r['case']} {r['backend']}: {r['reason']}")
+    e2e = docs["e2e"]
+    if e2e:
+        lines.append(f"\n{'end to end':<32}{'backend':<26}{'ms':>10}  extra")
+        for r in e2e["results"]:
+            if r["case"].startswith("stage:") and r["baseline"]:
+                continue
+            extra = []
+            sp = r.get(SPEEDUP_PREFIX + "reference_eager_sdpa")
+            if sp and not r["baseline"]:
+                extra.append(f"{sp:.2f}x the reference")
+            if r.get("tokens_per_s"):
+                extra.append(f"{r['tokens_per_s']:.1f} tok/s")
+            if r.get("frac_peak_gbps"):
+                extra.append(f"{100 * r['frac_peak_gbps']:.0f}% of bandwidth")
+            lines.append(f"{r['case']:<32}{r['backend']:<26}{r['median_ms']:10.2f}  "
+                         f"{', '.join(extra)}")  # fmt: skip
+        info = e2e.get("e2e", {})
+        if "decode_step_launches" in info:
+            d = info["decode_step_launches"]
+            lines.append(f"fast decode step: {d['kernels']} kernels, {d['syncs']} host syncs, "
+                         f"<= {d['per_layer_max']} kernels per layer")  # fmt: skip
+        for k, v in info.get("backends", {}).items():
+            lines.append(f"fast model ran {k}: {', '.join(v) or 'none'}")
+        for r in e2e.get("skipped", []):
+            lines.append(f"  not run: {r['case']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m haic_kernels.bench.quick", description=__doc__)
+    ap.add_argument("what", choices=("kernels", "e2e", "table"))
+    ap.add_argument("path", type=Path, help="the JSON to write (kernels, e2e) or OUT (table)")
+    ap.add_argument("--size", choices=("full", "tiny"), default=None,
+                    help="default: full on CUDA, tiny on the CPU")  # fmt: skip
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="epoch seconds by which the step must be done (default: in 10 min)",
+    )
+    args = ap.parse_args(argv)  # fmt: skip
+    if args.what == "table":
+        print(table(args.path))
+        return 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.size or ("full" if device.type == "cuda" else "tiny")
+    deadline = args.deadline if args.deadline is not None else time.time() + 600
+    run = run_kernels if args.what == "kernels" else run_e2e
+    run(args.path, size, device, deadline)
+    print(f"wrote {args.path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
