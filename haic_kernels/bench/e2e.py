@@ -127,19 +127,26 @@ def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -
     }  # fmt: skip
 
 
-def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The reference model with seeded random weights, built directly on ``device`` in ``dtype``
-    (the full model in fp32 on the host would need ~50 GB and minutes of copying)."""
-    from ..models.cogvlm2 import CogVLM2ForCausalLM, init_random_weights
+def build_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The reference model (SDPA attention) built directly on ``device`` in ``dtype``, with its
+    modules' own initialization (the full model in fp32 on the host would need ~50 GB and
+    minutes of copying)."""
+    from ..models.cogvlm2 import CogVLM2ForCausalLM
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = CogVLM2ForCausalLM(config, attn_impl="sdpa")
+            return CogVLM2ForCausalLM(config, attn_impl="sdpa")
     finally:
         torch.set_default_dtype(previous)
-    return init_random_weights(model, seed=0).eval()
+
+
+def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """`build_reference` with seeded random weights (`init_random_weights`, drawn on the host)."""
+    from ..models.cogvlm2 import init_random_weights
+
+    return init_random_weights(build_reference(config, device, dtype), seed=0).eval()
 
 
 def prepare(size: str, sizes: dict[str, dict[str, Any]], device, clip_dir):

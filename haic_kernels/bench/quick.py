@@ -36,17 +36,11 @@ from typing import Any
 import torch
 
 from haic_kernels.bench import launches, runner, suites
-from haic_kernels.bench.e2e import _row, kv_bytes, lm_weight_bytes
+from haic_kernels.bench.e2e import _row, build_reference, kv_bytes, lm_weight_bytes
 from haic_kernels.bench.env import collect_env
 from haic_kernels.bench.results import SPEEDUP_PREFIX, add_speedups, to_document, write_json
 from haic_kernels.bench.roofline import measure_peaks
-from haic_kernels.models.cogvlm2 import (
-    ByteTokenizer,
-    CogVLM2ForCausalLM,
-    build_prompt,
-    get_config,
-    stack_prompts,
-)
+from haic_kernels.models.cogvlm2 import ByteTokenizer, build_prompt, get_config, stack_prompts
 from haic_kernels.models.cogvlm2.fast_model import FastCogVLM2
 from haic_kernels.run_video import _Clock, _greedy, _vision_stages
 
@@ -129,13 +123,7 @@ class ModelCalls:
         a minute at full size): the modules' own initialization, then N(0, 0.02) for everything
         but norm weights (left at 1), so no parameter is left uninitialized."""
         config = get_config(size, "video-chat", max_frames=frames)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                ref = CogVLM2ForCausalLM(config, attn_impl="sdpa")
-        finally:
-            torch.set_default_dtype(previous)
+        ref = build_reference(config, device, dtype)
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
             for name, p in ref.named_parameters():

@@ -12,23 +12,13 @@ import torch.nn.functional as F
 from haic_kernels import backends
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.ops.activation import api, bias_gelu, silu_mul
-from haic_kernels.testing import assert_parity, poison_
-from tests._triton import triton_on_cpu
-
-HAS_CUDA = torch.cuda.is_available()
-
-
-def _backends():
-    return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
+from haic_kernels.testing import assert_parity
+from tests._optests import HAS_CUDA, assert_raises_naming, op_backends, poison_outputs
 
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
+    poison_outputs(monkeypatch, api)
 
 
 def _gelu64(v):
@@ -49,7 +39,7 @@ DTYPES = [torch.float32, torch.float16]
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("lead", "n"), SHAPES, ids=IDS)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_bias_gelu(seed, poisoned, backend, lead, n, dtype):
     x = (2 * torch.randn(*lead, n)).to(dtype)
     b = torch.randn(n).to(dtype)
@@ -63,7 +53,7 @@ def test_bias_gelu(seed, poisoned, backend, lead, n, dtype):
 @pytest.mark.parametrize("fused", [False, True], ids=["two-tensors", "gate-up"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("lead", "n"), SHAPES, ids=IDS)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_silu_mul(seed, poisoned, backend, lead, n, dtype, fused):
     gu = (3 * torch.randn(*lead, 2 * n)).to(dtype)
     g, u = gu[..., :n], gu[..., n:]
@@ -74,7 +64,7 @@ def test_silu_mul(seed, poisoned, backend, lead, n, dtype, fused):
     assert_parity(got, model, _silu_mul64(g, u), what=f"{backend} {seed}")
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_strided_rows(seed, backend):
     big = torch.randn(6, 300)
     x = big[:, 10:110]  # row stride 300, unit column stride: read in place
@@ -111,11 +101,7 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_arguments(kind):
-    call, exc, words = BAD[kind]
-    with pytest.raises(exc) as info:
-        call()
-    for w in words:
-        assert w in str(info.value), f"{w!r} missing from: {info.value}"
+    assert_raises_naming(*BAD[kind])
 
 
 def test_opcheck(seed):

@@ -10,24 +10,9 @@ import torch
 
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.ops.fp8_linear import E4M3_MAX, Fp8Weight, fp8_linear, quantize_rows
-from tests._triton import triton_on_cpu
+from tests._optests import HAS_CUDA, assert_raises_naming, op_backends, tiled_fixture
 
-HAS_CUDA = torch.cuda.is_available()
-
-
-def _quant_backends():
-    return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
-
-
-@pytest.fixture(params=[False, True], ids=["one-tile", "tiled"])
-def tiled(request, monkeypatch):
-    if request.param:
-        if not (triton_on_cpu() or HAS_CUDA):
-            pytest.skip("the tiled path is the Triton kernel's; Triton cannot run here")
-        from haic_kernels.ops.fp8_linear import triton as impl
-
-        monkeypatch.setattr(impl, "_MAX_BLOCK", 32)
-    return request.param
+tiled = tiled_fixture("haic_kernels.ops.fp8_linear.triton")
 
 
 def _e4m3_grid() -> torch.Tensor:
@@ -56,7 +41,7 @@ SHAPES = [(1, 64), (9, 97), (33, 300), (4, 1)]
 
 @pytest.mark.parametrize(("m", "k"), SHAPES, ids=[f"{m}x{k}" for m, k in SHAPES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("backend", _quant_backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_quantize_rows(seed, tiled, backend, m, k, dtype):
     x = (torch.randn(m, k) * torch.logspace(-3, 2, m)[:, None]).to(dtype)
     if m > 2:
@@ -82,7 +67,7 @@ def test_e4m3_rounding_edges():
     """Values just under a power of two round up into the next binade (the interpreter's own
     conversion gets these wrong: the reason for the kernel's explicit rounding), ties go even."""
     x = torch.tensor([[448.0, 31.9, 7.97, 0.499, -127.9, 1.0625, 1.1875, 0.0029296875, -1e-4]])
-    for backend in _quant_backends():
+    for backend in op_backends():
         q, scale = quantize_rows(x, backend=backend)
         assert scale.item() == 1.0
         # 1.0625, 1.1875, 1.5 * 2^-9 (a subnormal) are ties: to the even code
@@ -171,11 +156,7 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_arguments(kind):
-    call, exc, words = BAD[kind]
-    with pytest.raises(exc) as info:
-        call()
-    for w in words:
-        assert w in str(info.value), f"{w!r} missing from: {info.value}"
+    assert_raises_naming(*BAD[kind])
 
 
 def test_opcheck(seed):

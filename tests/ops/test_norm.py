@@ -12,35 +12,22 @@ from haic_kernels import backends
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.models.cogvlm2.language import RMSNorm
 from haic_kernels.ops.norm import add_layer_norm, add_rms_norm, api, layer_norm, rms_norm
-from haic_kernels.testing import assert_parity, poison_
-from tests._triton import triton_on_cpu
-
-HAS_CUDA = torch.cuda.is_available()
-
-
-def _backends():
-    return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
+from haic_kernels.testing import assert_parity
+from tests._optests import (
+    HAS_CUDA,
+    assert_raises_naming,
+    op_backends,
+    poison_outputs,
+    tiled_fixture,
+)
 
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
+    poison_outputs(monkeypatch, api)
 
 
-@pytest.fixture(params=[False, True], ids=["one-tile", "tiled"])
-def tiled(request, monkeypatch):
-    """Rows longer than the kernel's register tile take its loop: force it with a small tile."""
-    if request.param:
-        if not (triton_on_cpu() or HAS_CUDA):
-            pytest.skip("the tiled path is the Triton kernel's; Triton cannot run here")
-        from haic_kernels.ops.norm import triton as impl
-
-        monkeypatch.setattr(impl, "_MAX_BLOCK", 32)
-    return request.param
+tiled = tiled_fixture("haic_kernels.ops.norm.triton")
 
 
 def _rms64(h, w, eps):
@@ -96,7 +83,7 @@ DTYPES = [torch.float32, torch.float16]
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("lead", "d"), SHAPES, ids=IDS)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_add_rms_norm(seed, poisoned, tiled, backend, lead, d, dtype):
     x = torch.randn(*lead, d).to(dtype)
     res = (3 * torch.randn(*lead, d)).to(dtype)
@@ -112,7 +99,7 @@ def test_add_rms_norm(seed, poisoned, tiled, backend, lead, d, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("lead", "d"), SHAPES, ids=IDS)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_rms_norm(seed, poisoned, tiled, backend, lead, d, dtype):
     x = (2 * torch.randn(*lead, d)).to(dtype)
     w = torch.randn(d)  # fp32 weight with a low-precision input: upcast, as the model does
@@ -124,7 +111,7 @@ def test_rms_norm(seed, poisoned, tiled, backend, lead, d, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("lead", "d"), SHAPES, ids=IDS)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_add_layer_norm_is_eva2_post_norm(seed, poisoned, tiled, backend, lead, d, dtype):
     # mean far from 0: a one-pass E[x^2] - mean^2 variance would lose the fp32 digits here
     x = (5 + torch.randn(*lead, d)).to(dtype)
@@ -142,7 +129,7 @@ def test_add_layer_norm_is_eva2_post_norm(seed, poisoned, tiled, backend, lead, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_layer_norm_with_and_without_bias(seed, poisoned, tiled, backend, dtype):
     x = torch.randn(9, 100).to(dtype)
     w, b = torch.randn(100).to(dtype), torch.randn(100).to(dtype)
@@ -153,7 +140,7 @@ def test_layer_norm_with_and_without_bias(seed, poisoned, tiled, backend, dtype)
     assert_parity(nob, want, _ln64(x, w, torch.zeros(100), 1e-5), what=f"no bias {seed}")
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", op_backends())
 def test_strided_input_rows(seed, backend):
     big = torch.randn(6, 2 * 48)
     x = big[:, :48]  # row stride 96: read in place
@@ -197,11 +184,7 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_arguments(kind):
-    call, exc, words = BAD[kind]
-    with pytest.raises(exc) as info:
-        call()
-    for w in words:
-        assert w in str(info.value), f"{w!r} missing from: {info.value}"
+    assert_raises_naming(*BAD[kind])
 
 
 def test_zero_rows():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from haic_kernels.bench.runner import Case
-from haic_kernels.bench.suites._util import load_op, probe, raiser
+from haic_kernels.bench.suites._util import row_op_cases
 
 SUITE = "activation"
 OP_MODULE = "haic_kernels.ops.activation"
@@ -44,13 +44,6 @@ def bias_gelu_eager(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 _EAGER = {"silu_mul": silu_mul_eager, "gelu": bias_gelu_eager}
-_compiled: dict[str, Callable[..., Any]] = {}
-
-
-def _compiled_fn(kind: str) -> Callable[..., Any]:
-    if kind not in _compiled:
-        _compiled[kind] = torch.compile(_EAGER[kind])
-    return _compiled[kind]
 
 
 def counts(kind: str, t: int, n: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -91,29 +84,8 @@ def cases(size: str, device: torch.device) -> list[Case]:
     """Baselines first, then the op's backends, for every shape of ``size``."""
     if size not in SHAPES:
         raise ValueError(f"size: expected one of {sorted(SHAPES)}, got {size!r}")
-    device = torch.device(device)
-    op, op_skip, op_error = load_op(OP_MODULE, "api")
-    out: list[Case] = []
-    for name, kind, t, n, dtype in SHAPES[size]:
-        flops, nbytes = counts(kind, t, n, dtype)
-        common = dict(
-            suite=SUITE, name=name, shapes={"T": t, "N": n}, flops=flops, bytes=nbytes,
-            dtype=str(dtype).removeprefix("torch."), make_inputs=_factory(kind, t, n, dtype),
-            cuda_graph=t <= 8,
-        )  # fmt: skip
-        out.append(Case(backend="torch eager", fn=_EAGER[kind], baseline=True, **common))
-        out.append(Case(backend="torch.compile", fn=lambda *a, k=kind: _compiled_fn(k)(*a),
-                        baseline=True, check=_make_check(f"{SUITE} compile {name}", kind),
-                        **common))  # fmt: skip
-        for b in ("triton", "liger") if kind == "silu_mul" else ("triton",):
-            if op_error is not None:
-                out.append(Case(backend=b, fn=raiser(OP_MODULE, op_error), **common))
-                continue
-            fn = _op_fn(op, kind, b)
-            skip = op_skip
-            if skip is None:
-                probe_in = _factory(kind, 2, 64, dtype)(device)
-                skip = probe((SUITE, kind, b, str(device), dtype), lambda f=fn, a=probe_in: f(*a))
-            out.append(Case(backend=b, fn=fn, skip_reason=skip,
-                            check=_make_check(f"{SUITE} {b} {name}", kind), **common))  # fmt: skip
-    return out
+    return row_op_cases(
+        SUITE, SHAPES[size], torch.device(device), op_module=OP_MODULE, eager=_EAGER,
+        backends={"silu_mul": ("triton", "liger"), "gelu": ("triton",)}, op_fn=_op_fn,
+        factory=_factory, counts=counts, check=_make_check, width="N",
+    )  # fmt: skip

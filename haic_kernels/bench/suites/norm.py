@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from haic_kernels.bench.runner import Case
-from haic_kernels.bench.suites._util import load_op, probe, raiser
+from haic_kernels.bench.suites._util import row_op_cases
 
 SUITE = "norm"
 OP_MODULE = "haic_kernels.ops.norm"
@@ -46,15 +46,6 @@ def add_rms_eager(x, r, w, eps: float = 1e-5):
 def add_ln_eager(x, r, w, b, eps: float = 1e-6):
     """EVA2's ``h = x + input_layernorm(attn(x))``, in eager PyTorch."""
     return r + F.layer_norm(x, (x.shape[-1],), w, b, eps)
-
-
-_compiled: dict[str, Callable[..., Any]] = {}
-
-
-def _compiled_fn(kind: str) -> Callable[..., Any]:
-    if kind not in _compiled:
-        _compiled[kind] = torch.compile(add_rms_eager if kind == "rms" else add_ln_eager)
-    return _compiled[kind]
 
 
 def counts(kind: str, t: int, d: int, dtype: torch.dtype) -> tuple[int, int]:
@@ -104,30 +95,9 @@ def cases(size: str, device: torch.device) -> list[Case]:
     """Baselines first, then the op's backends, for every shape of ``size``."""
     if size not in SHAPES:
         raise ValueError(f"size: expected one of {sorted(SHAPES)}, got {size!r}")
-    device = torch.device(device)
-    op, op_skip, op_error = load_op(OP_MODULE, "api")
-    out: list[Case] = []
-    for name, kind, t, d, dtype in SHAPES[size]:
-        flops, nbytes = counts(kind, t, d, dtype)
-        common = dict(
-            suite=SUITE, name=name, shapes={"T": t, "D": d}, flops=flops, bytes=nbytes,
-            dtype=str(dtype).removeprefix("torch."), make_inputs=_factory(kind, t, d, dtype),
-            cuda_graph=t <= 8,  # a few microseconds: time graph replays, not launch gaps
-        )  # fmt: skip
-        eager = add_rms_eager if kind == "rms" else add_ln_eager
-        out.append(Case(backend="torch eager", fn=eager, baseline=True, **common))
-        out.append(Case(backend="torch.compile", fn=lambda *a, k=kind: _compiled_fn(k)(*a),
-                        baseline=True, check=_make_check(f"{SUITE} compile {name}", kind),
-                        **common))  # fmt: skip
-        for b in ("triton", "liger") if kind == "rms" else ("triton",):
-            if op_error is not None:
-                out.append(Case(backend=b, fn=raiser(OP_MODULE, op_error), **common))
-                continue
-            skip = op_skip
-            fn = _op_fn(op, kind, b)
-            if skip is None:
-                probe_in = _factory(kind, 2, 64, dtype)(device)
-                skip = probe((SUITE, kind, b, str(device), dtype), lambda f=fn, a=probe_in: f(*a))
-            out.append(Case(backend=b, fn=fn, skip_reason=skip,
-                            check=_make_check(f"{SUITE} {b} {name}", kind), **common))  # fmt: skip
-    return out
+    return row_op_cases(
+        SUITE, SHAPES[size], torch.device(device), op_module=OP_MODULE,
+        eager={"rms": add_rms_eager, "ln": add_ln_eager},
+        backends={"rms": ("triton", "liger"), "ln": ("triton",)}, op_fn=_op_fn,
+        factory=_factory, counts=counts, check=_make_check, width="D",
+    )  # fmt: skip
