@@ -14,7 +14,7 @@ import torch
 
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.ops._common import check_dtype, check_same_device, check_tensor, resolve_backend
-from haic_kernels.ops.fp8_linear.reference import E4M3_MAX
+from haic_kernels.ops.fp8_linear.format import E4M3_MAX
 
 __all__ = ["E4M3_MAX", "Fp8Weight", "fp8_linear", "quantize_rows"]
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import torch
 
-E4M3_MAX = 448.0
-# Smallest amax used for a scale: an all-zero row gets scale MIN_AMAX / 448 instead of 0.
-MIN_AMAX = 1e-12
+from haic_kernels.ops.fp8_linear.format import E4M3_MAX, MIN_AMAX
 
 
 def quantize_rows_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from haic_kernels.ops.fp8_linear.reference import E4M3_MAX, MIN_AMAX
+from haic_kernels.ops.fp8_linear.format import E4M3_MAX, MIN_AMAX
 
 _E4M3_MAX = tl.constexpr(E4M3_MAX)
 _MIN_AMAX = tl.constexpr(MIN_AMAX)
