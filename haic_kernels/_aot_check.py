@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import math
 import multiprocessing as mp

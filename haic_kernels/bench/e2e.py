@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .env import trust_fast_paths
 from .results import add_speedups, to_document, write_json
 
 SUITE = "e2e"
@@ -234,6 +235,7 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    trust_fast_paths()
     p = argparse.ArgumentParser(prog="benchmarks/e2e.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=tuple(SIZES), default=None, help="default: full on CUDA")
     p.add_argument("--reps", type=int, default=3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -17,6 +18,13 @@ import torch
 
 # The repository root: haic_kernels/bench/env.py -> parents[2].
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def trust_fast_paths() -> str:
+    """Let ``backend="auto"`` choose fast paths not yet verified on this GPU, for a benchmark
+    run (HAIC_TRUST_UNVERIFIED=1 unless the caller set it): timing the PyTorch fallbacks that
+    auto otherwise picks is not what a benchmark of the fast model is for. Returns the value."""
+    return os.environ.setdefault("HAIC_TRUST_UNVERIFIED", "1")
 
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 10.0) -> str | None:

@@ -46,6 +46,7 @@ import torch
 from ..constants import VISION_TOKEN_TYPE
 from .e2e import SIZES as E2E_SIZES
 from .e2e import _row, decode_clip, kv_bytes, lm_weight_bytes, prepare, random_reference
+from .env import trust_fast_paths
 from .results import add_speedups, to_document, write_json
 
 SUITE = "prune_e2e"
@@ -295,6 +296,7 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    trust_fast_paths()
     p = argparse.ArgumentParser(prog="benchmarks/prune_e2e.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=tuple(SIZES), default=None, help="default: full on CUDA")
     p.add_argument("--reps", type=int, default=3)
