@@ -11,6 +11,8 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def trust_fast_paths() -> str:
-    """Let ``backend="auto"`` choose fast paths not yet verified on this GPU, for a benchmark
-    run (HAIC_TRUST_UNVERIFIED=1 unless the caller set it): timing the PyTorch fallbacks that
-    auto otherwise picks is not what a benchmark of the fast model is for. Returns the value."""
-    return os.environ.setdefault("HAIC_TRUST_UNVERIFIED", "1")
+@contextmanager
+def trust_fast_paths() -> Iterator[str]:
+    """While inside, ``backend="auto"`` may choose fast paths not yet verified on this GPU
+    (HAIC_TRUST_UNVERIFIED=1 unless the caller set it; restored on exit): a benchmark of the
+    fast model should not time the PyTorch fallbacks auto otherwise picks. Yields the value."""
+    before = os.environ.get("HAIC_TRUST_UNVERIFIED")
+    os.environ.setdefault("HAIC_TRUST_UNVERIFIED", "1")
+    try:
+        yield os.environ["HAIC_TRUST_UNVERIFIED"]
+    finally:
+        if before is None:
+            os.environ.pop("HAIC_TRUST_UNVERIFIED", None)
 
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 10.0) -> str | None:

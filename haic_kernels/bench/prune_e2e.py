@@ -296,7 +296,6 @@ def format_table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    trust_fast_paths()
     p = argparse.ArgumentParser(prog="benchmarks/prune_e2e.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=tuple(SIZES), default=None, help="default: full on CUDA")
     p.add_argument("--reps", type=int, default=3)
@@ -307,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the results document here")
     args = p.parse_args(argv)
     size = args.size or ("full" if torch.cuda.is_available() else "tiny")
-    doc = run_prune_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir,
-                        policies=args.policies, keep_ratios=args.keep)  # fmt: skip
+    with trust_fast_paths():
+        doc = run_prune_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir,
+                            policies=args.policies, keep_ratios=args.keep)  # fmt: skip
     print(format_table(doc))
     if args.json is not None:
         print(f"wrote {write_json(args.json, doc)}")

@@ -80,7 +80,11 @@ def _write(path: Path, rows, device, peaks, skipped, failed, extra=None) -> None
 def run_kernels(path: Path, size: str, device: torch.device, deadline: float, reps: int = 20,
                 warmup: int = 3) -> None:  # fmt: skip
     """Time the `QUICK` cases; the JSON at ``path`` is rewritten after each."""
-    trust_fast_paths()
+    with trust_fast_paths():
+        _kernels(path, size, device, deadline, reps, warmup)
+
+
+def _kernels(path, size, device, deadline, reps, warmup) -> None:
     p = measure_peaks(device)
     peaks = p.to_dict() if p else None
     rows: list[dict[str, Any]] = []
@@ -166,7 +170,11 @@ class ModelCalls:
 
 def run_e2e(path: Path, size: str, device: torch.device, deadline: float) -> None:
     """TTFT and decode tokens/s, reference then fast; the JSON is rewritten after each pass."""
-    trust_fast_paths()
+    with trust_fast_paths():
+        _e2e(path, size, device, deadline)
+
+
+def _e2e(path, size, device, deadline) -> None:
     preset, dtype, n_frames, reps = E2E[size]
     p = measure_peaks(device)
     peaks = p.to_dict() if p else None

@@ -4,6 +4,7 @@ end-to-end rows at the tiny size, the one table."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -14,7 +15,9 @@ from haic_kernels.bench import quick
 
 def test_kernels_past_the_deadline_time_nothing_and_say_so(tmp_path):
     path = tmp_path / "quick_kernels.json"
+    before = os.environ.get("HAIC_TRUST_UNVERIFIED")
     quick.run_kernels(path, "tiny", torch.device("cpu"), deadline=time.time())
+    assert os.environ.get("HAIC_TRUST_UNVERIFIED") == before  # set only while the run lasts
     doc = json.loads(path.read_text())
     assert doc["results"] == []
     reasons = [r["reason"] for r in doc["skipped"]]
