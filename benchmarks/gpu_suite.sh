@@ -8,7 +8,8 @@
 # end-to-end benchmark (TTFT and decode tokens/s, fast vs reference, random bf16 weights, no
 # video decoding) and the kernel benchmarks that matter (haic_kernels/bench/quick.py), then
 # print one table (steps, kernels, end to end) last; JSON under OUTDIR (quick_e2e.json,
-# quick_kernels.json, junit_quick.xml, steps.tsv). Needs only torch, triton, nvcc, pybind11.
+# quick_kernels.json, junit_quick_<j>.xml: the tests in QUICK_TEST_JOBS=4 pytest processes, so
+# Triton compiles on 4 cores; steps.tsv). Needs only torch, triton, nvcc, pybind11.
 # Each step runs under `timeout` with its budget, cut to what is left of a hard deadline
 # (QUICK_BUDGET_S, default 460 s from the start); pytest gets SIGINT (it still writes its
 # report) and the benchmarks rewrite their JSON after every row, so a step cut short leaves
@@ -104,7 +105,11 @@ qstep() {
     t0=$(date +%s)
     timeout -s INT -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG" || rc=$?
     local status="ok"
-    if ((rc == 124)); then status="TIMEOUT"; elif ((rc != 0)); then status="FAILED (exit $rc)"; fi
+    if ((rc == 124 || rc == 137)); then
+        status="TIMEOUT"
+    elif ((rc != 0)); then
+        status="FAILED (exit $rc)"
+    fi
     [[ $status == ok ]] || FAILED=1
     printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" "$limit" >>"$OUT/steps.tsv"
     SUMMARY+=("$status $name")
@@ -125,8 +130,8 @@ quick() {
     else  # QUICK_BUILD=0: the package is importable already (a CPU smoke run of this script)
         printf 'build\tskipped (QUICK_BUILD=0)\t0\t120\n' >>"$OUT/steps.tsv"
     fi
-    qstep "gpu parity tests" 140 "$PY" -m pytest tests -m gpu -q -ra -p no:cacheprovider \
-        --junitxml "$OUT/junit_quick.xml"
+    qstep "gpu parity tests" 140 "$PY" -m haic_kernels.bench.quick tests "$OUT" \
+        --jobs "${QUICK_TEST_JOBS:-4}"
     qstep "e2e (full, fast vs ref)" 110 "$PY" -m haic_kernels.bench.quick e2e "$OUT/quick_e2e.json" \
         --deadline "$((DEADLINE - 8))"
     qstep "kernel benchmarks" 80 "$PY" -m haic_kernels.bench.quick kernels "$OUT/quick_kernels.json" \

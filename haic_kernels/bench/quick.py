@@ -1,14 +1,19 @@
 """The quick GPU run: the benchmarks that matter, each step under a wall-clock deadline.
 
-`benchmarks/gpu_suite.sh OUT quick` calls (after the build and the GPU parity tests)::
+`benchmarks/gpu_suite.sh OUT quick` calls (after the build)::
 
+    python -m haic_kernels.bench.quick tests OUT [--jobs 4]   # every GPU parity test
     python -m haic_kernels.bench.quick e2e OUT/quick_e2e.json --deadline EPOCH
     python -m haic_kernels.bench.quick kernels OUT/quick_kernels.json --deadline EPOCH
     python -m haic_kernels.bench.quick table OUT        # one table: steps, kernels, end to end
 
-``kernels``: the cases of `QUICK` (attention at the vision and LM shapes, decode attention,
-expert_linear with 2 experts, the fused norms and activations, fp8 linears, patch_embed,
-conv_compress) at full size, 20 timed runs each, against their baselines. ``e2e``: the
+``tests``: every test marked ``gpu``, the files split over ``--jobs`` pytest processes (their
+cost is Triton's JIT, one core per process; the GPU work is milliseconds), each writing
+OUT/junit_quick_<j>.xml and OUT/tests_<j>.log; on a SIGINT (the step's timeout) each shard
+still reports what ran. ``kernels``: the cases of `QUICK` (attention at the vision and LM
+shapes, decode attention, expert_linear with 2 experts, the fused norms and activations, fp8
+linears, patch_embed, conv_compress) at full size, 20 timed runs each, against their
+baselines. ``e2e``: the
 full-size video-chat model with random bf16 weights, fast vs the eager+SDPA reference in one
 process: time to first token from 24 uint8 frames (patch embed, vision tower, adapter,
 prefill), decode tokens/s over `NEW_TOKENS` steps and the bandwidth fraction, then the kernels
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -253,6 +260,45 @@ def _e2e(path, size, device, deadline) -> None:
     _write(path, rows, device, peaks, skipped, [], extra)
 
 
+# ---- the GPU parity tests ----------------------------------------------------------------------
+
+
+def gpu_test_files(root: Path) -> list[Path]:
+    """The test files with a ``gpu`` mark, largest first (a proxy for their count)."""
+    found = [p for p in root.rglob("test_*.py") if "mark.gpu" in p.read_text()]
+    return sorted(found, key=lambda p: (-p.stat().st_size, str(p)))
+
+
+def run_tests(out: Path, jobs: int, root: Path = Path("tests")) -> int:
+    """Every ``gpu`` test in ``jobs`` pytest processes (files dealt round-robin); 0 if all
+    passed or skipped. SIGINT reaches the children, which then report what they ran."""
+    files = gpu_test_files(root)
+    shards = [files[j::jobs] for j in range(jobs) if files[j::jobs]]
+    procs = []
+    for j, shard in enumerate(shards):
+        junit = str(out / f"junit_quick_{j}.xml")
+        cmd = [sys.executable, "-m", "pytest", *map(str, shard), "-m", "gpu", "-q", "-ra",
+               "-p", "no:cacheprovider", "--junitxml", junit]  # fmt: skip
+        log = open(out / f"tests_{j}.log", "w")  # noqa: SIM115 - closed after the wait
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [p.wait() for p, _ in procs]
+    except KeyboardInterrupt:  # the step's timeout: let every shard write its report
+        # `timeout` signals the whole process group, so the shards have it already; a second
+        # SIGINT would cut their reports short. Only a shard still running after 3 s gets one.
+        time.sleep(3)
+        for p, _ in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        codes = [p.wait() for p, _ in procs]
+    for j, (_, log) in enumerate(procs):
+        log.close()
+        lines = (out / f"tests_{j}.log").read_text().splitlines()
+        tail = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))] + lines[-1:]
+        print(f"shard {j} (exit {codes[j]}): " + "\n  ".join(tail), flush=True)
+    return 0 if all(c in (0, 5) for c in codes) else 1  # 5: nothing collected
+
+
 # ---- the one table -----------------------------------------------------------------------------
 
 
@@ -319,8 +365,9 @@ def table(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m haic_kernels.bench.quick", description=__doc__)
-    ap.add_argument("what", choices=("kernels", "e2e", "table"))
-    ap.add_argument("path", type=Path, help="the JSON to write (kernels, e2e) or OUT (table)")
+    ap.add_argument("what", choices=("tests", "kernels", "e2e", "table"))
+    ap.add_argument("path", type=Path, help="the JSON to write (kernels, e2e) or OUT")
+    ap.add_argument("--jobs", type=int, default=4, help="tests: pytest processes")
     ap.add_argument("--size", choices=("full", "tiny"), default=None,
                     help="default: full on CUDA, tiny on the CPU")  # fmt: skip
     ap.add_argument(
@@ -333,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "table":
         print(table(args.path))
         return 0
+    if args.what == "tests":
+        args.path.mkdir(parents=True, exist_ok=True)
+        return run_tests(args.path, max(1, args.jobs))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.size or ("full" if device.type == "cuda" else "tiny")
     deadline = args.deadline if args.deadline is not None else time.time() + 600

@@ -38,3 +38,12 @@ def test_e2e_tiny_rows_and_the_table(tmp_path):
     (tmp_path / "steps.tsv").write_text("build\tok\t60\t120\n")
     text = quick.table(tmp_path)
     assert "time to first token" in text and "fast decode step:" in text and "build" in text
+
+
+def test_gpu_test_files_are_the_marked_ones():
+    from pathlib import Path
+
+    files = {p.name for p in quick.gpu_test_files(Path(__file__).parents[1])}
+    want = {"test_norm.py", "test_activation.py", "test_fp8_linear.py", "test_attention.py"}
+    assert want <= files
+    assert "test_quick.py" not in files  # no gpu mark here
