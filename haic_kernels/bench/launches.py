@@ -41,17 +41,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from haic_kernels import _ext
-from haic_kernels.models.cogvlm2 import (
-    ByteTokenizer,
-    CogVLM2ForCausalLM,
-    build_prompt,
-    get_config,
-    init_random_weights,
-    stack_prompts,
-)
-from haic_kernels.models.cogvlm2.fast_model import FastCogVLM2
+from haic_kernels.bench import model_calls
 
-__all__ = ["LaunchReport", "Tally", "count_launches", "main", "trace_model"]
+__all__ = ["LaunchReport", "Tally", "count_launches", "decode_step", "main", "trace_model"]
 
 # Allocation and bookkeeping ops that launch nothing (views are found from their schemas).
 NO_KERNEL = frozenset(
@@ -326,58 +318,38 @@ def count_launches(
     return LaunchReport(total, tracer.layers, tracer.outside), out
 
 
-# ---- the model's entry points (one place: the redesign renames them) ---------------------------
+# ---- the model's hot paths (the calls themselves live in model_calls) ------------------------
+
+
+def decode_step(models: model_calls.Models, rows, embeds: torch.Tensor) -> LaunchReport:
+    """One decode step of the fast model: ``generate(3) - generate(2)`` on ``rows``."""
+    kw = dict(layers=models.lm_layers, root=models.fast)
+    three, _ = count_launches(model_calls.generate, models.fast, rows, embeds, 3, **kw)
+    two, _ = count_launches(model_calls.generate, models.fast, rows, embeds, 2, warmup=False,
+                            **kw)  # fmt: skip
+    return three - two
 
 
 def trace_model(
     size: str = "tiny", variant: str = "video-chat", *, backend: str = "auto", frames: int = 2
 ) -> dict[str, LaunchReport]:
-    """Trace one vision layer, the prefill (dense and packed) and one decode step of the fast
-    model of ``size`` / ``variant`` with seeded random weights, on the CPU."""
-    config = get_config(size, variant, max_frames=frames)
-    ref = init_random_weights(CogVLM2ForCausalLM(config), seed=0).eval()
-    fast = FastCogVLM2.from_reference(ref, backend=backend).eval()
-    v = config.vision
-    video = torch.randint(0, 256, (frames, v.image_size, v.image_size, 3), dtype=torch.uint8)
-    tok = ByteTokenizer()
-    prompts = [build_prompt(tok, q, frames, config) for q in ("What happens?", "Why?")]
-    ids, types = stack_prompts(prompts[:1])
-    lm_layers, vision = fast.model.layers, fast.model.vision
+    """Trace the vision tower (per block), the prefill (dense and packed, per layer) and one
+    decode step of the fast model of ``size`` / ``variant`` with random weights, on the CPU."""
+    cpu = torch.device("cpu")
+    m = model_calls.build(size, variant, torch.float32, frames, cpu, backend)
+    video = model_calls.random_frames(m.config, frames, cpu)
+    rows = model_calls.prompts(m.config, frames, cpu, ("What happens?", "Why?"))  # 2 lengths
     out: dict[str, LaunchReport] = {}
-    with torch.no_grad():
-        x = fast.embed_patches(video)
-        out["vision tower"], _ = count_launches(
-            fast.run_vision_transformer, x, layers=_vision_layers(vision), root=fast
-        )
-        embeds = fast.encode_frames(video)
-
-        def gen(n: int, rows=None, pids=ids, ptypes=types):
-            if rows is not None:
-                pids, ptypes = [r[0][0] for r in rows], [r[1][0] for r in rows]
-                embeds_b = torch.cat([embeds] * len(rows))
-            else:
-                embeds_b = embeds
-            return fast.generate(pids, ptypes, vision_embeds=embeds_b, max_new_tokens=n,
-                                 cuda_graph=False)  # fmt: skip
-
-        kw = dict(layers=lm_layers, root=fast)
-        out["prefill (dense)"], _ = count_launches(gen, 1, **kw)
-        rows = [stack_prompts([p]) for p in prompts]  # two rows of different lengths
-        out["prefill (packed)"], _ = count_launches(gen, 1, rows, **kw)
-        three, _ = count_launches(gen, 3, **kw)
-        two, _ = count_launches(gen, 2, **kw)
-        out["decode step"] = three - two
+    run, x = model_calls.vision_tower(m.fast, video)
+    out["vision tower"], _ = count_launches(run, x, layers=m.vision_layers, root=m.fast)
+    embeds = model_calls.encode(m.fast, video)
+    kw = dict(layers=m.lm_layers, root=m.fast)
+    out["prefill (dense)"], _ = count_launches(model_calls.generate, m.fast, rows[:1], embeds, 1,
+                                               **kw)  # fmt: skip
+    out["prefill (packed)"], _ = count_launches(model_calls.generate, m.fast, rows, embeds, 1,
+                                                **kw)  # fmt: skip
+    out["decode step"] = decode_step(m, rows[:1], embeds)
     return out
-
-
-def _vision_layers(vision: torch.nn.Module) -> Sequence[torch.nn.Module]:
-    for name in ("transformer.layers", "layers", "blocks"):
-        mod: Any = vision
-        with contextlib.suppress(AttributeError):
-            for part in name.split("."):
-                mod = getattr(mod, part)
-            return list(mod)
-    raise AttributeError("the fast vision tower has no transformer.layers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ baselines. ``e2e``: the
 full-size video-chat model with random bf16 weights, fast vs the eager+SDPA reference in one
 process: time to first token from 24 uint8 frames (patch embed, vision tower, adapter,
 prefill), decode tokens/s over `NEW_TOKENS` steps and the bandwidth fraction, then the kernels
-and host syncs of one fast decode step on the GPU (`launches.count_launches`). No video
+and host syncs of one fast decode step on the GPU (`launches.decode_step`). No video
 decoding: the frames are random, so neither PyAV nor DALI is needed.
 
 Both set HAIC_TRUST_UNVERIFIED=1 (``auto`` picks the fast paths this run verifies), name the
@@ -41,14 +41,11 @@ from typing import Any
 
 import torch
 
-from haic_kernels.bench import launches, runner, suites
-from haic_kernels.bench.e2e import _row, build_reference, kv_bytes, lm_weight_bytes
+from haic_kernels.bench import launches, model_calls, runner, suites
+from haic_kernels.bench.e2e import _row, kv_bytes, lm_weight_bytes
 from haic_kernels.bench.env import collect_env, trust_fast_paths
 from haic_kernels.bench.results import SPEEDUP_PREFIX, add_speedups, to_document, write_json
 from haic_kernels.bench.roofline import measure_peaks
-from haic_kernels.models.cogvlm2 import ByteTokenizer, build_prompt, get_config, stack_prompts
-from haic_kernels.models.cogvlm2.fast_model import FastCogVLM2
-from haic_kernels.run_video import _Clock, _greedy, _vision_stages
 
 # suite -> the full-size case names timed (None: all of the suite's cases).
 QUICK: dict[str, list[str] | None] = {
@@ -119,62 +116,6 @@ def _kernels(path, size, device, deadline, reps, warmup) -> None:
     _write(path, rows, device, peaks, skipped, failed)
 
 
-# ---- the model's entry points (one place: the redesign renames them) ---------------------------
-
-
-class ModelCalls:
-    """Everything the e2e rows call on the models."""
-
-    @staticmethod
-    def build(size: str, dtype: torch.dtype, frames: int, device: torch.device):
-        """(config, reference, fast) sharing one set of random weights, built on ``device``.
-
-        Timing weights, drawn on the device in a second (`init_random_weights` draws on the host,
-        a minute at full size): the modules' own initialization, then N(0, 0.02) for everything
-        but norm weights (left at 1), so no parameter is left uninitialized."""
-        config = get_config(size, "video-chat", max_frames=frames)
-        ref = build_reference(config, device, dtype)
-        gen = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for name, p in ref.named_parameters():
-                owner = name.split(".")[-2] if "." in name else ""
-                if "norm" not in owner:
-                    p.normal_(0.0, 0.02, generator=gen)
-        return config, ref.eval(), FastCogVLM2.from_reference(ref).eval()
-
-    @staticmethod
-    def one_pass(model, kind: str, frames, ids, types, new_tokens: int, device, dtype):
-        """Stage times (ms) of one video -> tokens pass, and the decode steps taken."""
-        clock = _Clock(device)
-        with torch.inference_mode():
-            embeds = _vision_stages(model, kind, frames, dtype, clock)
-            if kind == "fast":
-                t: dict[str, Any] = {}
-                model.generate(ids, types, vision_embeds=embeds, max_new_tokens=new_tokens,
-                               eos_token_id=None, timings=t)  # fmt: skip
-                clock.ms["prefill"] = t["prefill_s"] * 1e3
-                clock.ms["decode tokens"] = t["decode_s"] * 1e3
-                steps = int(t["decode_tokens"]) // ids.shape[0]
-            else:
-                _, steps = _greedy(model, ids, types, embeds, new_tokens, None, clock)
-        return dict(clock.ms), steps
-
-    @staticmethod
-    def decode_step_launches(fast, frames, ids, types) -> launches.LaunchReport:
-        """Kernels and host syncs of one fast decode step, traced where the model runs."""
-        with torch.inference_mode():
-            embeds = fast.encode_frames(frames)
-
-        def gen(n: int):
-            return fast.generate(ids, types, vision_embeds=embeds, max_new_tokens=n,
-                                 cuda_graph=False)  # fmt: skip
-
-        kw = dict(layers=fast.model.layers, root=fast)
-        three, _ = launches.count_launches(gen, 3, **kw)
-        two, _ = launches.count_launches(gen, 2, warmup=False, **kw)
-        return three - two
-
-
 def run_e2e(path: Path, size: str, device: torch.device, deadline: float) -> None:
     """TTFT and decode tokens/s, reference then fast; the JSON is rewritten after each pass."""
     with trust_fast_paths():
@@ -185,79 +126,74 @@ def _e2e(path, size, device, deadline) -> None:
     preset, dtype, n_frames, reps = E2E[size]
     p = measure_peaks(device)
     peaks = p.to_dict() if p else None
-    config, ref, fast = ModelCalls.build(preset, dtype, n_frames, device)
-    v = config.vision
-    frames = torch.randint(0, 256, (n_frames, v.image_size, v.image_size, 3), dtype=torch.uint8,
-                           device=device)  # fmt: skip
-    prompt = build_prompt(ByteTokenizer(), "Describe this video.", n_frames, config)
-    ids, types = (t.to(device) for t in stack_prompts([prompt]))
+    m = model_calls.build(preset, "video-chat", dtype, n_frames, device)
+    frames = model_calls.random_frames(m.config, n_frames, device)
+    ((ids, types),) = model_calls.prompts(m.config, n_frames, device, ("Describe this video.",))
     spec = {"batch": 1, "frames": n_frames}
     elem = torch.empty((), dtype=dtype).element_size()
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"e2e": {"size": size, "new_tokens": NEW_TOKENS,
                                      "prompt_len": ids.shape[1], "backends": {}}}  # fmt: skip
-    for kind, model, label in (("reference", ref, "reference (eager, SDPA)"),
-                               ("fast", fast, "fast")):  # fmt: skip
+    for kind, model, label in (("reference", m.reference, "reference (eager, SDPA)"),
+                               ("fast", m.fast, "fast")):  # fmt: skip
         runs = []
         for i in range(1 + reps):  # the first pass warms up (Triton compiles, cuBLAS handles)
             if _left(deadline) < MARGIN_S:
                 skipped.append({"suite": "e2e", "case": f"{kind} pass {i}", "backend": label,
                                 "reason": "out of time (the quick run's deadline)"})  # fmt: skip
                 break
-            ms, steps = ModelCalls.one_pass(model, kind, frames, ids, types, NEW_TOKENS, device,
-                                            dtype)  # fmt: skip
+            ms, steps = model_calls.one_pass(model, kind, frames, ids, types, NEW_TOKENS, device,
+                                             dtype)  # fmt: skip
             if i > 0 or reps == 0:
                 runs.append((ms, steps))
-        if not runs:
-            continue
-        med = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
-        steps = runs[0][1]
-        base = kind == "reference"
-        ttft = sum(med[k] for k in ("patch embed", "vision tower", "compress + adapter",
-                                     "prefill"))  # fmt: skip
-        rows.append(_row("time to first token", label, base, spec, dtype, ttft, len(runs),
-                         suite="e2e"))  # fmt: skip
-        step_ms = med["decode tokens"] / max(steps, 1)
-        nbytes = lm_weight_bytes(ref) + kv_bytes(config, 1, ids.shape[1] + steps / 2, elem)
-        gbps = nbytes / (step_ms * 1e-3) / 1e9 if steps else None
-        rows.append(
-            _row(
-                "decode step",
-                label,
-                base,
-                spec,
-                dtype,
-                step_ms,
-                len(runs),
-                suite="e2e",
-                bytes=int(nbytes),
-                gbps=gbps,
-                frac=gbps / p.gbps if (p and gbps) else None,
-                tokens_per_s=1e3 / step_ms if steps else None,
-                decode_steps=steps,
-            )
-        )
-        for name, value in med.items():  # fmt: skip
-            rows.append(_row(f"stage: {name}", label, base, spec, dtype, value, len(runs),
-                             suite="e2e"))  # fmt: skip
-        _write(path, rows, device, peaks, skipped, [], extra)
+        if runs:
+            rows += _e2e_rows(runs, label, kind == "reference", spec, dtype, m, ids, elem, p)
+            _write(path, rows, device, peaks, skipped, [], extra)
     if _left(deadline) >= MARGIN_S:
-        report = ModelCalls.decode_step_launches(fast, frames, ids, types)
+        report = launches.decode_step(m, [(ids, types)], model_calls.encode(m.fast, frames))
         k, s = report.per_layer()
         extra["e2e"]["decode_step_launches"] = {
-            "kernels": report.kernels,
-            "syncs": report.syncs,
-            "per_layer_max": k,
-            "per_layer_syncs_max": s,
-            "layer0": dict(report.layers[0].by_kernel),
-        }
+            "kernels": report.kernels, "syncs": report.syncs, "per_layer_max": k,
+            "per_layer_syncs_max": s, "layer0": dict(report.layers[0].by_kernel),
+        }  # fmt: skip
         names = report.total.by_kernel
         extra["e2e"]["backends"] = {
             "triton kernels": sorted(n for n in names if n.startswith("triton ")),
             "_C calls": sorted(n for n in names if n.startswith("_C.")),
         }  # fmt: skip
     _write(path, rows, device, peaks, skipped, [], extra)
+
+
+def _e2e_rows(runs, label, base, spec, dtype, m, ids, elem, p) -> list[dict[str, Any]]:
+    """TTFT, decode step and per-stage rows from the timed passes of one model."""
+    med = {k: statistics.median(r[0][k] for r in runs) for k in runs[0][0]}
+    steps = runs[0][1]
+    ttft = sum(med[k] for k in ("patch embed", "vision tower", "compress + adapter", "prefill"))
+    out = [_row("time to first token", label, base, spec, dtype, ttft, len(runs), suite="e2e")]
+    step_ms = med["decode tokens"] / max(steps, 1)
+    nbytes = lm_weight_bytes(m.reference) + kv_bytes(m.config, 1, ids.shape[1] + steps / 2, elem)
+    gbps = nbytes / (step_ms * 1e-3) / 1e9 if steps else None
+    out.append(
+        _row(
+            "decode step",
+            label,
+            base,
+            spec,
+            dtype,
+            step_ms,
+            len(runs),
+            suite="e2e",
+            bytes=int(nbytes),
+            gbps=gbps,
+            frac=gbps / p.gbps if (p and gbps) else None,
+            tokens_per_s=1e3 / step_ms if steps else None,
+            decode_steps=steps,
+        )
+    )
+    out += [_row(f"stage: {name}", label, base, spec, dtype, value, len(runs), suite="e2e")
+            for name, value in med.items()]  # fmt: skip
+    return out
 
 
 # ---- the GPU parity tests ----------------------------------------------------------------------
