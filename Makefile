@@ -14,7 +14,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint format bench gpu-suite clean
+.PHONY: setup test test-ray demo lint format bench gpu-suite clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+# The Ray Data test of `haic caption` (skipped by `make test` unless EXTRAS holds ray: the extra
+# is about 500 MB and the test a few minutes on 2 cores).
+test-ray: setup
+	$(PY) -m pip install -e ".[$(EXTRAS),ray]"
+	$(PY) -m pytest tests/app/test_caption_jobs.py -k ray $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/haic info

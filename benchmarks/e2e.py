@@ -1,4 +1,4 @@
-"""End-to-end benchmark (video file -> tokens, fast vs reference): see haic_kernels/bench/e2e.py.
+"""End-to-end benchmark (video file -> tokens, fast vs reference): see haic_kernels/app/e2e.py.
 
 python benchmarks/e2e.py --size full --json benchmarks/results/e2e_h100.json   # GPU
 python benchmarks/e2e.py --size tiny                                           # CPU smoke
@@ -6,7 +6,7 @@ python benchmarks/e2e.py --size tiny                                           #
 
 import sys
 
-from haic_kernels.bench.e2e import main
+from haic_kernels.app.e2e import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@
 #
 # quick: build the extension for this GPU's arch only, run every GPU parity test, the full-size
 # end-to-end benchmark (TTFT and decode tokens/s, fast vs reference, random bf16 weights, no
-# video decoding) and the kernel benchmarks that matter (haic_kernels/bench/quick.py), then
+# video decoding) and the kernel benchmarks that matter (haic_kernels/app/quick.py), then
 # print one table (steps, kernels, end to end) last; JSON under OUTDIR (quick_e2e.json,
 # quick_kernels.json, junit_quick_<j>.xml: the tests in QUICK_TEST_JOBS=4 pytest processes, so
 # Triton compiles on 4 cores; steps.tsv). Needs only torch, triton, nvcc, pybind11.
@@ -130,15 +130,15 @@ quick() {
     else  # QUICK_BUILD=0: the package is importable already (a CPU smoke run of this script)
         printf 'build\tskipped (QUICK_BUILD=0)\t0\t120\n' >>"$OUT/steps.tsv"
     fi
-    qstep "gpu parity tests" 140 "$PY" -m haic_kernels.bench.quick tests "$OUT" \
+    qstep "gpu parity tests" 140 "$PY" -m haic_kernels.app.quick tests "$OUT" \
         --jobs "${QUICK_TEST_JOBS:-4}"
-    qstep "e2e (full, fast vs ref)" 110 "$PY" -m haic_kernels.bench.quick e2e "$OUT/quick_e2e.json" \
+    qstep "e2e (full, fast vs ref)" 110 "$PY" -m haic_kernels.app.quick e2e "$OUT/quick_e2e.json" \
         --deadline "$((DEADLINE - 8))"
-    qstep "kernel benchmarks" 80 "$PY" -m haic_kernels.bench.quick kernels "$OUT/quick_kernels.json" \
+    qstep "kernel benchmarks" 80 "$PY" -m haic_kernels.app.quick kernels "$OUT/quick_kernels.json" \
         --deadline "$((DEADLINE - 8))"
     {
         echo -e "\n=== quick suite: $(($(date +%s) - DEADLINE + ${QUICK_BUDGET_S:-460})) s of ${QUICK_BUDGET_S:-460} s"
-        "$PY" -m haic_kernels.bench.quick table "$OUT" | tee "$OUT/quick_table.txt"
+        "$PY" -m haic_kernels.app.quick table "$OUT" | tee "$OUT/quick_table.txt"
     } 2>&1 | tee -a "$LOG"
     exit "$FAILED"
 }

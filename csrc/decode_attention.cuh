@@ -44,6 +44,7 @@ constexpr int kKeys = 4;
 constexpr int kVec = 8;
 constexpr int kCombineThreads = 128;
 constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNaN = __builtin_nanf("");
 
 template <int D>
 struct Shape {
@@ -167,7 +168,10 @@ __global__ void __launch_bounds__(kThreads)
                   lane * kVec;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
-      q[h][e] = active && h < nh ? Elem<T>::load(qp + e) * lay.scale_log2 : 0.0f;
+      const float x = active && h < nh ? Elem<T>::load(qp + e) : 0.0f;
+      // A non-finite q entry becomes NaN (an Inf could give -inf logits, which read as "no
+      // key"): the row is NaN, haic_kernels.attention's rule for non-finite inputs.
+      q[h][e] = fabsf(x) < INFINITY ? x * lay.scale_log2 : kNaN;
     }
   }
 
@@ -206,12 +210,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kKeys; ++u) {
       float kf[kVec];
       Elem<T>::unpack(kr[u], kf);
+      // A key row holding NaN/Inf makes the logit NaN for every head that sees it (the rule of
+      // haic_kernels.attention), whatever the sign an Inf product would have.
+      bool k_bad = false;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) k_bad |= !(fabsf(kf[e]) < INFINITY);
 #pragma unroll
       for (int h = 0; h < HPB; ++h) {
         float dot = 0.0f;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) dot = fmaf(q[h][e], kf[e], dot);
-        dot = group_sum<S::kLanes>(dot);
+        dot = group_sum<S::kLanes>(k_bad ? kNaN : dot);
         s[u][h] = valid[u] ? dot : -INFINITY;
       }
     }
@@ -275,10 +284,10 @@ __global__ void __launch_bounds__(kThreads)
     const int hq = h0 + h;
     if (p.num_splits == 1) {
       T* op = static_cast<T*>(p.out) + b * p.out_stride_b + hq * p.out_stride_h;
-      Elem<T>::store(op + d, sum_l > 0.0f ? sum_a / sum_l : 0.0f);
+      Elem<T>::store(op + d, sum_l == 0.0f ? 0.0f : sum_a / sum_l);
       if (d == 0 && p.lse != nullptr) {
         p.lse[b * p.lse_stride_b + hq * p.lse_stride_h] =
-            sum_l > 0.0f ? (mx + log2f(sum_l)) * kLn2 : -INFINITY;
+            sum_l == 0.0f ? -INFINITY : (mx + log2f(sum_l)) * kLn2;
       }
     } else {
       const std::int64_t row =
@@ -317,11 +326,11 @@ __global__ void __launch_bounds__(kCombineThreads)
   for (int d = static_cast<int>(threadIdx.x); d < D; d += kCombineThreads) {
     float sum_a = 0.0f;
     for (int s = 0; s < used; ++s) sum_a = fmaf(po[s * D + d], exp2f(ml[2 * s] - mb), sum_a);
-    Elem<T>::store(op + d, sum_l > 0.0f ? sum_a / sum_l : 0.0f);
+    Elem<T>::store(op + d, sum_l == 0.0f ? 0.0f : sum_a / sum_l);
   }
   if (threadIdx.x == 0 && p.lse != nullptr) {
     p.lse[b * p.lse_stride_b + hq * p.lse_stride_h] =
-        sum_l > 0.0f ? (mx + log2f(sum_l)) * kLn2 : -INFINITY;
+        sum_l == 0.0f ? -INFINITY : (mx + log2f(sum_l)) * kLn2;
   }
 }
 

@@ -109,18 +109,20 @@ cudaError_t gather2x2(const Gather2x2Params& params, cudaStream_t stream);
 // scores float32 [T], cu_seqlens int32 [G+1] (non-decreasing, 0 .. T), k int32 [G] ->
 // keep int8 [T]: in each segment [cu[g], cu[g+1]) the k[g] highest scores get 1 (ties to the
 // lower index), the rest 0. Positions outside every segment are not written. No NaN scores.
+// Segment bounds are clamped into [0, T] and max_seqlen only sizes the grid (blocks stride over
+// longer segments), so wrong metadata never reads or writes outside the buffers.
 struct SegmentTopkParams {
   const float* scores;
   const std::int32_t* cu_seqlens;
   const std::int32_t* k;
   std::int8_t* keep;
   std::int64_t num_segments;  // G
-  std::int64_t max_seqlen;    // the longest segment (an upper bound is fine)
+  std::int64_t max_seqlen;    // the longest segment: a launch-size hint
+  std::int64_t num_tokens;    // T, the length of scores and keep
 };
 
 // Enqueues one kernel on `stream`; cudaErrorInvalidValue for inconsistent sizes (more than
-// 2^31-1 segments or 65535*256 tokens in a segment). Nothing is launched when G or
-// max_seqlen is 0.
+// 2^31-1 segments, negative sizes). Nothing is launched when G or T is 0.
 cudaError_t segment_topk(const SegmentTopkParams& params, cudaStream_t stream);
 
 }  // namespace haic

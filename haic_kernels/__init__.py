@@ -11,7 +11,7 @@ from __future__ import annotations
 from haic_kernels import backends, pruning
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
 from haic_kernels.ops import token_prune
-from haic_kernels.ops.attention import attention
+from haic_kernels.ops.attention import AttentionOutput, attention, attention_with_kvcache
 from haic_kernels.ops.conv_compress import conv_compress
 from haic_kernels.ops.expert_linear import Routing, expert_linear
 from haic_kernels.ops.patch_embed import patch_embed
@@ -29,10 +29,12 @@ __version__ = "0.1.0"
 __all__ = [  # noqa: RUF022 - the issue-14 block stays separate until the merge
     "CLIP_MEAN",
     "CLIP_STD",
+    "AttentionOutput",
     "Routing",
     "__version__",
     "apply_rope",
     "attention",
+    "attention_with_kvcache",
     "backends",
     "conv_compress",
     "expert_linear",

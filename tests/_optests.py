@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from haic_kernels.ops import _common
 from haic_kernels.testing import poison_
 from tests._triton import triton_on_cpu
 
@@ -18,13 +19,10 @@ def op_backends() -> list[str]:
     return ["torch", "triton"] if (triton_on_cpu() or HAS_CUDA) else ["torch"]
 
 
-def poison_outputs(monkeypatch: pytest.MonkeyPatch, api: object) -> None:
-    """Make ``api._new_output`` (the fast backends' allocator) hand out NaN-filled buffers."""
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
+def poison_outputs(monkeypatch: pytest.MonkeyPatch, api: object = None) -> None:
+    """Make every fast backend's output allocation (``_common.new_output``) hand out NaN-filled
+    buffers for the rest of the test (``api`` is not needed: one allocator serves every op)."""
+    monkeypatch.setattr(_common, "_output_hooks", [*_common._output_hooks, poison_])
 
 
 def assert_raises_naming(call, exc: type[BaseException], words: list[str]) -> None:

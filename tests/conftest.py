@@ -15,6 +15,16 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# After the interpreter decision: these may import triton.
+from haic_kernels.models.cogvlm2 import (  # noqa: E402
+    ByteTokenizer,
+    CogVLM2ForCausalLM,
+    build_prompt,
+    get_config,
+    init_random_weights,
+)
+from haic_kernels.testing import poison_  # noqa: E402
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_CUDA:
@@ -31,3 +41,73 @@ def seed() -> int:
     s = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(s)
     return s
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch: pytest.MonkeyPatch):
+    """``poison_outputs(module, name="_new_output")``: make the allocator a fast backend writes
+    its output into (``module.<name>(shape, dtype, device)``) hand out NaN / sentinel-filled
+    buffers, so a kernel that leaves part of its output unwritten fails the test."""
+
+    def patch(module: object, name: str = "_new_output") -> None:
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
+        )
+
+    return patch
+
+
+@pytest.fixture
+def tiny_model(seed: int):
+    """``tiny_model(variant="video-chat", size="tiny", seed=None, **overrides)``: a reference
+    `CogVLM2ForCausalLM` in eval mode with seeded random weights (the test's seed by default;
+    ``overrides`` go to `get_config`, e.g. ``text={"num_layers": 1}``)."""
+    default = seed
+
+    def make(variant: str = "video-chat", size: str = "tiny", seed: int | None = None, **over):
+        model = CogVLM2ForCausalLM(get_config(size, variant, **over))
+        return init_random_weights(model, (default if seed is None else seed) % 10_000).eval()
+
+    return make
+
+
+@pytest.fixture
+def tiny_prompts():
+    """``tiny_prompts(config, [(question, frames), ...], equal=False)``: (prompts, uint8 frames
+    per prompt) with the byte tokenizer; ``equal`` pads the questions with spaces so every
+    prompt has the same length (one token per byte)."""
+
+    def make(config, rows, equal: bool = False):
+        tok = ByteTokenizer()
+        prompts = [build_prompt(tok, q, f, config) for q, f in rows]
+        if equal:
+            n = max(len(p) for p in prompts)
+            prompts = [
+                build_prompt(tok, q + " " * (n - len(p)), f, config)
+                for (q, f), p in zip(rows, prompts)
+            ]
+        s = config.vision.image_size
+        frames = [torch.randint(0, 256, (f, s, s, 3), dtype=torch.uint8) for _, f in rows]
+        return prompts, frames
+
+    return make
+
+
+class GreedyRecorder:
+    """A ``sampler`` for ``generate``: argmax, keeping every step's logits and ``seen``."""
+
+    def __init__(self) -> None:
+        self.logits: list[torch.Tensor] = []
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        self.logits.append(logits.clone())
+        self.seen.append(seen.clone())
+        return logits.argmax(dim=-1)
+
+
+@pytest.fixture
+def greedy_recorder() -> GreedyRecorder:
+    return GreedyRecorder()

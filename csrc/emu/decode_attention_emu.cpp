@@ -118,6 +118,10 @@ struct Case {
   int row_pad;                   // extra elements per K/V row group (strided cache slice)
   int splits;
   bool with_lse;
+  // Non-finite values: the rows past each length are NaN (never read), one valid K entry of
+  // (b 0, kv head 0) is +Inf where q is negative (a -inf logit unless the kernel marks the row),
+  // one valid V entry of (b B-1, kv head Hkv-1) is NaN.
+  bool poison = false;
 };
 
 // A 16-byte aligned buffer of n 16-bit elements filled with random values of dtype d.
@@ -141,6 +145,28 @@ int run_case(const Case& cs, std::mt19937& rng) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (auto* buf : {&q, &k, &v}) {
     for (auto& x : buf->raw) x = to_bits(nd(rng), cs.dtype);
+  }
+  auto seq_len = [&](int b) -> std::int64_t {
+    if (packed) return std::clamp(cs.cu[b + 1], std::clamp(cs.cu[b], 0, S), S) -
+                       std::clamp(cs.cu[b], 0, S);
+    return cs.seqlens.empty() ? S : std::clamp(cs.seqlens[b], 0, S);
+  };
+  const std::uint16_t nan_bits = cs.dtype == DType::kFloat16 ? 0x7E00 : 0x7FC0;
+  const std::uint16_t inf_bits = cs.dtype == DType::kFloat16 ? 0x7C00 : 0x7F80;
+  if (cs.poison) {  // padded layout only
+    for (int b = 0; b < B; ++b) {
+      for (std::int64_t j = seq_len(b); j < S; ++j) {
+        for (std::int64_t e = 0; e < st_s; ++e) {
+          k.p[b * st_b + j * st_s + e] = nan_bits;
+          v.p[b * st_b + j * st_s + e] = nan_bits;
+        }
+      }
+    }
+    k.p[0 * st_b + 1 * st_s + 0 * st_h + 3] = inf_bits;
+    for (int h = 0; h < Hq / Hkv; ++h) {
+      q.p[static_cast<std::int64_t>(h) * D + 3] = to_bits(-1.0f, cs.dtype);
+    }
+    v.p[(B - 1) * st_b + 0 * st_s + (Hkv - 1) * st_h + 5] = nan_bits;
   }
   std::vector<std::uint16_t> out(static_cast<std::size_t>(B) * Hq * D + 8, 0x7FFF);  // NaN
   std::vector<float> lse(static_cast<std::size_t>(B) * Hq, std::nanf(""));
@@ -196,6 +222,10 @@ int run_case(const Case& cs, std::mt19937& rng) {
     for (int h = 0; h < Hq; ++h) {
       const int g = h / (Hq / Hkv);
       const std::uint16_t* qr = q.p + (static_cast<std::int64_t>(b) * Hq + h) * D;
+      // The rule for non-finite inputs: a bad K row seen makes the row NaN, a bad V entry its
+      // column.
+      const bool row_nan = cs.poison && b == 0 && g == 0 && len > 1;
+      const bool col_nan = cs.poison && b == B - 1 && g == Hkv - 1 && len > 0;
       std::vector<double> s(len);
       double mx = -INFINITY;
       for (std::int64_t j = 0; j < len; ++j) {
@@ -218,6 +248,12 @@ int run_case(const Case& cs, std::mt19937& rng) {
         o = len > 0 ? o / denom : 0.0;
         const float got =
             from_bits(out[1 + (static_cast<std::size_t>(b) * Hq + h) * D + d], cs.dtype);
+        if (row_nan || (col_nan && d == 5)) {
+          if (!std::isnan(got) && bad++ < 5) {
+            std::printf("  b%d h%d d%d: got %g want NaN\n", b, h, d, got);
+          }
+          continue;
+        }
         const double err_abs = std::fabs(got - o);
         worst = std::max(worst, err_abs);
         if (!(err_abs <= tol_rel * std::fabs(o) + 1e-4) && bad++ < 5) {
@@ -227,8 +263,9 @@ int run_case(const Case& cs, std::mt19937& rng) {
       if (cs.with_lse) {
         const double want = len > 0 ? mx + std::log(denom) : -INFINITY;
         const float got = lse[static_cast<std::size_t>(b) * Hq + h];
-        const bool ok = len > 0 ? std::fabs(got - want) <= 1e-4 * (1 + std::fabs(want))
-                                : (std::isinf(got) && got < 0);
+        const bool ok = row_nan  ? std::isnan(got)
+                        : len > 0 ? std::fabs(got - want) <= 1e-4 * (1 + std::fabs(want))
+                                  : (std::isinf(got) && got < 0);
         if (!ok && bad++ < 5) std::printf("  lse b%d h%d: got %g want %g\n", b, h, got, want);
       }
     }
@@ -258,6 +295,9 @@ int main() {
       {"fp16 D=64 r=1 1025 keys, one split, 17 steps", fp, 1, 1, 1, 64, 1025, {}, {}, 0, 1,
        true},
       {"fp16 all empty, packed, 3 splits", fp, 2, 4, 2, 112, 16, {}, {0, 0, 0}, 0, 3, true},
+      {"bf16 NaN/Inf: hidden rows, bad K row, bad V", bf, 2, 8, 2, 128, 90, {70, 33}, {}, 0, 3,
+       true, true},
+      {"fp16 NaN/Inf one split", fp, 2, 4, 4, 64, 40, {40, 9}, {}, 0, 1, true, true},
   };
   int failures = 0;
   for (const auto& cs : cases) failures += run_case(cs, rng) != 0;

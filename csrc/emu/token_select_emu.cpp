@@ -4,7 +4,9 @@
 // include/; each block runs its threads as std::threads with a std::barrier for __syncthreads.
 // Checks against a plain host loop (sort by (score desc, index asc), keep the first k): ragged
 // and empty segments, segments longer than one block and one tile, many ties, +-inf, k = 0,
-// k = n, k > n, and that positions outside the segments are not written.
+// k = n, k > n, and that positions outside the segments are not written; then the same with a
+// max_seqlen far below the longest segment (a launch hint: every element is still ranked) and
+// with segment bounds that lie past the buffers (clamped: nothing outside is touched).
 //
 //   g++ -std=c++20 -O1 -pthread -Icsrc/emu/include -Icsrc -x c++ csrc/token_select.cu
 //       -x c++ csrc/emu/token_select_emu.cpp -o token_select_emu && ./token_select_emu
@@ -24,6 +26,7 @@
 
 thread_local emu_uint3 threadIdx;
 thread_local emu_uint3 blockIdx;
+thread_local emu_uint3 gridDim;
 static std::barrier<>* g_block_barrier = nullptr;
 void __syncthreads() { g_block_barrier->arrive_and_wait(); }
 
@@ -49,6 +52,7 @@ cudaError_t cudaLaunchKernel(const void* func, dim3 grid, dim3 block, void** arg
         threads.emplace_back([&, t, bx, by] {
           threadIdx = {t, 0, 0};
           blockIdx = {bx, by, 0};
+          gridDim = {grid.x, grid.y, grid.z};
           kernel(prm);
         });
       }
@@ -74,8 +78,11 @@ int main() {
   std::vector<std::int8_t> keep(total, 7);
   int max_len = *std::max_element(lens.begin(), lens.end());
   haic::SegmentTopkParams prm{s.data(), cu.data(), k.data(), keep.data(),
-                              static_cast<std::int64_t>(lens.size()), max_len};
+                              static_cast<std::int64_t>(lens.size()), max_len, total};
   int failed = 0;
+  for (const std::int64_t hint : {static_cast<std::int64_t>(max_len), std::int64_t{1}}) {
+  std::fill(keep.begin(), keep.end(), 7);
+  prm.max_seqlen = hint;
   if (haic::segment_topk(prm, nullptr) != cudaSuccess) ++failed;
   for (std::size_t g = 0; g < lens.size(); ++g) {
     std::vector<int> idx(lens[g]);
@@ -92,6 +99,14 @@ int main() {
     }
   }
   for (int i = cu.back(); i < total; ++i) failed += keep[i] != 7;  // untouched
+  }
+  // Bounds that lie: a segment past T and a decreasing pair. Only [0, T) may be written.
+  std::vector<std::int32_t> lying = {0, 5, 3, 1 << 30};
+  std::vector<std::int32_t> k2 = {2, 1, 4};
+  std::vector<std::int8_t> guarded(total + 64, 7);
+  haic::SegmentTopkParams liar{s.data(), lying.data(), k2.data(), guarded.data(), 3, 2, total};
+  if (haic::segment_topk(liar, nullptr) != cudaSuccess) ++failed;
+  for (int i = total; i < total + 64; ++i) failed += guarded[i] != 7;  // past T: untouched
   haic::SegmentTopkParams bad = prm;
   bad.num_segments = -1;
   failed += haic::segment_topk(bad, nullptr) != cudaErrorInvalidValue;

@@ -19,6 +19,11 @@ boolean-mask indexing, ``repeat_interleave`` without ``output_size``, bincount),
 the host reads ``.tolist()``, ``.cpu()``, ``.numpy()`` (free on a CPU tensor, a device-to-host
 copy on a GPU; the trace runs on the CPU standing in for that GPU run).
 
+Value checks of the op contract (`_common.check_values`, the ``cu_seqlens`` rule) are eager
+host reads for CPU tensors but asynchronous device asserts for CUDA ones. The trace runs them
+the CUDA way (`_common.device_checks`): they count as the kernels a GPU launches for them
+(a reduction and ``_assert_async``) and as no sync, so a CPU trace is the GPU run's count.
+
 Per layer: with ``layers`` (modules) and ``root`` (the model), every forward pre-hook under root
 sets the current layer (the index of the layer containing that module, or none), and counts go
 to it. Code that calls a layer's submodules directly (a decode loop) is attributed the same way.
@@ -42,6 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from haic_kernels import _ext
 from haic_kernels.bench import model_calls
+from haic_kernels.ops._common import device_checks
 
 __all__ = ["LaunchReport", "Tally", "count_launches", "decode_step", "main", "trace_model"]
 
@@ -304,7 +310,7 @@ def count_launches(
 
         handles.append(m.register_forward_pre_hook(pre_hook))
     try:
-        with _patched(tracer), tracer, torch.no_grad():
+        with _patched(tracer), device_checks(), tracer, torch.no_grad():
             out = fn(*args, **kwargs)
     finally:
         for h in handles:

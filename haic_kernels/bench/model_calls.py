@@ -1,11 +1,9 @@
 """Every call the benchmarks and the launch counter make on the models, in one place.
 
-The fast model's redesign renames its entry points; this module is the one to follow it
-(`quick` and `launches` call nothing else on a model). Used: `CogVLM2ForCausalLM`,
-`FastCogVLM2.from_reference`, ``embed_patches`` / ``run_vision_transformer`` /
-``compress_and_adapt`` / ``encode_frames``, ``generate`` (fast), ``forward`` with a KV cache
-(reference, through `run_video._greedy`), ``model.vision.transformer.layers`` and
-``model.layers``.
+Used: `CogVLM2ForCausalLM` (built here, `build_reference`), `FastCogVLM2.from_reference`, the
+stage methods ``embed_patches`` / ``run_vision_tower`` / ``compress_and_adapt`` (both models),
+``generate`` (fast), ``model.vision.transformer.layers`` and ``model.layers``. The timed
+video -> tokens pass is `app.quick.one_pass` (it needs the pipeline, which sits above bench).
 """
 
 from __future__ import annotations
@@ -15,12 +13,17 @@ from typing import Any
 
 import torch
 
-from haic_kernels.bench.e2e import build_reference
-from haic_kernels.models.cogvlm2 import ByteTokenizer, build_prompt, get_config, stack_prompts
-from haic_kernels.models.cogvlm2.fast_model import FastCogVLM2
-from haic_kernels.run_video import _Clock, _greedy, _vision_stages
+from haic_kernels.models.cogvlm2 import (
+    ByteTokenizer,
+    CogVLM2ForCausalLM,
+    FastCogVLM2,
+    build_prompt,
+    get_config,
+    stack_prompts,
+)
 
-__all__ = ["Models", "build", "encode", "generate", "one_pass", "prompts", "random_frames"]
+__all__ = ["Models", "build", "build_reference", "encode", "generate", "prompts",
+           "random_frames", "vision_tower"]  # fmt: skip
 
 
 class Models:
@@ -38,9 +41,23 @@ class Models:
         return list(self.fast.model.vision.transformer.layers)
 
 
+def build_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The reference model (SDPA attention) built directly on ``device`` in ``dtype``, with its
+    modules' own initialization (the full model in fp32 on the host would need ~50 GB and
+    minutes of copying)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return CogVLM2ForCausalLM(config, attn_impl="sdpa")
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build(size: str, variant: str, dtype: torch.dtype, frames: int, device: torch.device,
-          backend: str = "auto") -> Models:  # fmt: skip
-    """Both models with random timing weights, built on ``device`` in ``dtype``.
+          backend: str = "auto", **fast_options: Any) -> Models:  # fmt: skip
+    """Both models with random timing weights, built on ``device`` in ``dtype``
+    (``fast_options``: `FastCogVLM2.from_reference`'s other keywords).
 
     Drawn on the device in a second (`init_random_weights` draws on the host: a minute at full
     size): the modules' own initialization, then N(0, 0.02) for everything but norm weights
@@ -54,7 +71,8 @@ def build(size: str, variant: str, dtype: torch.dtype, frames: int, device: torc
             if "norm" not in owner:
                 p.normal_(0.0, 0.02, generator=gen)
     ref.eval()
-    return Models(config, ref, FastCogVLM2.from_reference(ref, backend=backend).eval())
+    fast = FastCogVLM2.from_reference(ref, backend=backend, **fast_options).eval()
+    return Models(config, ref, fast)
 
 
 def random_frames(config, frames: int, device: torch.device) -> torch.Tensor:
@@ -70,43 +88,28 @@ def prompts(config, frames: int, device: torch.device, queries: Sequence[str] = 
             for q in queries]  # fmt: skip
 
 
-def encode(fast, frames: torch.Tensor) -> torch.Tensor:
-    """Frames -> vision embeddings [F, tokens per frame, D] through the fast vision path."""
+def encode(model, frames: torch.Tensor) -> torch.Tensor:
+    """Frames -> vision embeddings [F, tokens per frame, D] through ``model``'s three stages."""
     with torch.inference_mode():
-        return fast.encode_frames(frames)
+        return model.compress_and_adapt(model.run_vision_tower(model.embed_patches(frames)))
 
 
-def generate(fast, rows, embeds: torch.Tensor, new_tokens: int, *, cuda_graph: bool = False):
+def generate(fast, rows, embeds: torch.Tensor, new_tokens: int, *, cuda_graph: bool = False,
+             **options: Any):  # fmt: skip
     """Greedy tokens of the fast model for ``rows`` [(ids [1, S], types [1, S]), ...]: one row
-    dense, several packed (ragged); ``embeds`` the vision embeddings of one video, per row."""
+    dense, several packed (ragged); ``embeds`` the vision embeddings of one video, per row;
+    ``options``: generate's other keywords (``prune=``)."""
     if len(rows) == 1:
         ids, types = rows[0]
         return fast.generate(ids, types, vision_embeds=embeds, max_new_tokens=new_tokens,
-                             cuda_graph=cuda_graph)  # fmt: skip
+                             cuda_graph=cuda_graph, **options)  # fmt: skip
     return fast.generate([r[0][0] for r in rows], [r[1][0] for r in rows],
                          vision_embeds=torch.cat([embeds] * len(rows)),
-                         max_new_tokens=new_tokens, cuda_graph=cuda_graph)  # fmt: skip
+                         max_new_tokens=new_tokens, cuda_graph=cuda_graph,
+                         **options)  # fmt: skip
 
 
 def vision_tower(fast, frames: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """(the fast vision tower's block runner, its input [F, 1 + P, D]) for tracing."""
     with torch.inference_mode():
-        return fast.run_vision_transformer, fast.embed_patches(frames)
-
-
-def one_pass(model, kind: str, frames, ids, types, new_tokens: int, device, dtype):
-    """Stage times (ms) of one video -> tokens pass of ``model`` ("reference" or "fast"), and
-    the decode steps taken."""
-    clock = _Clock(device)
-    with torch.inference_mode():
-        embeds = _vision_stages(model, kind, frames, dtype, clock)
-        if kind == "fast":
-            t: dict[str, Any] = {}
-            model.generate(ids, types, vision_embeds=embeds, max_new_tokens=new_tokens,
-                           eos_token_id=None, timings=t)  # fmt: skip
-            clock.ms["prefill"] = t["prefill_s"] * 1e3
-            clock.ms["decode tokens"] = t["decode_s"] * 1e3
-            steps = int(t["decode_tokens"]) // ids.shape[0]
-        else:
-            _, steps = _greedy(model, ids, types, embeds, new_tokens, None, clock)
-    return dict(clock.ms), steps
+        return fast.run_vision_tower, fast.embed_patches(frames)

@@ -8,7 +8,10 @@
 
 Each returns a `PruneResult`; `compose` chains them into a `PrunePlan`. The policy objects
 (`Temporal`, `Salient`, `TextGuided`, `Compose`) are the configuration a model's ``prune=``
-option holds; `reference_scores` computes the scores from the reference model (the oracle).
+option holds; they follow the `PrunePolicy` protocol (where a stage runs, what it needs, how
+many tokens it keeps), so a model runs any policy without knowing its class.
+`haic_kernels.testing.prune_scores` computes the scores from the reference model (the oracle).
+Imports: ops and `tokens` only.
 """
 
 from haic_kernels.pruning.layout import TokenLayout
@@ -17,25 +20,31 @@ from haic_kernels.pruning.policies import (
     Salient,
     Temporal,
     TextGuided,
+    plan_stages,
     salient,
     temporal,
     text_guided,
 )
-from haic_kernels.pruning.result import PrunePlan, PruneResult, compose, rebuild_routing
+from haic_kernels.pruning.protocol import BEFORE_LM, IN_LM, PrunePolicy, TokenCounts
+from haic_kernels.pruning.result import PrunePlan, PruneResult, compose
 from haic_kernels.pruning.select import pool_cls_attention, query_rows
 
 __all__ = [
+    "BEFORE_LM",
+    "IN_LM",
     "Compose",
     "PrunePlan",
+    "PrunePolicy",
     "PruneResult",
     "Salient",
     "Temporal",
     "TextGuided",
+    "TokenCounts",
     "TokenLayout",
     "compose",
+    "plan_stages",
     "pool_cls_attention",
     "query_rows",
-    "rebuild_routing",
     "salient",
     "temporal",
     "text_guided",

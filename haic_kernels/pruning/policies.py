@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from haic_kernels.ops._common import check_int
 from haic_kernels.ops.token_prune.api import (
     check_keep_ratio,
     frame_cosine_scores,
@@ -20,6 +22,7 @@ from haic_kernels.ops.token_prune.api import (
     nearest_kept,
 )
 from haic_kernels.pruning.layout import PATCH, TokenLayout
+from haic_kernels.pruning.protocol import BEFORE_LM, IN_LM, WHERE, PrunePolicy, TokenCounts
 from haic_kernels.pruning.result import PruneResult
 from haic_kernels.pruning.select import (
     check_per,
@@ -33,6 +36,7 @@ __all__ = [
     "Salient",
     "Temporal",
     "TextGuided",
+    "plan_stages",
     "salient",
     "temporal",
     "text_guided",
@@ -223,22 +227,33 @@ def text_guided(
     )
 
 
-# ---- policy objects ---------------------------------------------------------------------------
+# ---- policy objects (the `PrunePolicy` protocol) --------------------------------------------
+
+
+def _check_common(policy: Temporal | Salient | TextGuided) -> None:
+    check_keep_ratio(policy.keep_ratio)
+    check_per(policy.per)
 
 
 @dataclass(frozen=True)
 class Temporal:
-    """`temporal` as a configuration: needs ``vision_embeds``."""
+    """`temporal` as a policy: before the LM, needs ``vision_embeds``."""
 
     keep_ratio: float
     per: str = "video"
-    needs: tuple[str, ...] = ("vision_embeds",)
+    where: ClassVar[str] = BEFORE_LM
+    needs: ClassVar[tuple[str, ...]] = ("vision_embeds",)
+
+    def __post_init__(self) -> None:
+        _check_common(self)
 
     def validate(self, num_layers: int) -> None:
-        check_keep_ratio(self.keep_ratio)
-        check_per(self.per)
+        """Nothing depends on the model's depth (the fields were checked when built)."""
 
-    def __call__(self, layout: TokenLayout, **inputs: torch.Tensor | None) -> PruneResult:
+    def kept(self, counts: TokenCounts) -> TokenCounts | None:
+        return counts.after(self.keep_ratio, self.per, full_first_frame=True)
+
+    def __call__(self, layout: TokenLayout, **inputs: object) -> PruneResult:
         _require(self, inputs)
         return temporal(
             inputs["vision_embeds"], layout=layout, keep_ratio=self.keep_ratio, per=self.per
@@ -247,21 +262,30 @@ class Temporal:
 
 @dataclass(frozen=True)
 class Salient:
-    """`salient` as a configuration: needs ``cls_scores`` (and ``vision_embeds`` to merge)."""
+    """`salient` as a policy: before the LM, needs ``cls_scores`` (and ``vision_embeds`` to
+    merge)."""
 
     keep_ratio: float
     per: str = "frame"
     merge: bool = False
+    where: ClassVar[str] = BEFORE_LM
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if not isinstance(self.merge, bool):
+            raise TypeError(f"merge: expected a bool, got {self.merge!r}")
 
     @property
     def needs(self) -> tuple[str, ...]:
         return ("cls_scores", "vision_embeds") if self.merge else ("cls_scores",)
 
     def validate(self, num_layers: int) -> None:
-        check_keep_ratio(self.keep_ratio)
-        check_per(self.per)
+        """Nothing depends on the model's depth (the fields were checked when built)."""
 
-    def __call__(self, layout: TokenLayout, **inputs: torch.Tensor | None) -> PruneResult:
+    def kept(self, counts: TokenCounts) -> TokenCounts | None:
+        return counts.after(self.keep_ratio, self.per)
+
+    def __call__(self, layout: TokenLayout, **inputs: object) -> PruneResult:
         _require(self, inputs)
         return salient(
             inputs["cls_scores"],
@@ -275,61 +299,84 @@ class Salient:
 
 @dataclass(frozen=True)
 class TextGuided:
-    """`text_guided` as a configuration: needs ``lm_scores`` of layer ``layer``."""
+    """`text_guided` as a policy: inside the LM (scores at layer ``layer``, tokens dropped from
+    layer ``layer + 1``), needs ``lm_scores`` and ``num_layers``."""
 
     keep_ratio: float
     layer: int = 2
     query: str = "last"
     per: str = "video"
-    needs: tuple[str, ...] = ("lm_scores",)
+    where: ClassVar[str] = IN_LM
+    needs: ClassVar[tuple[str, ...]] = ("lm_scores",)
 
-    def validate(self, num_layers: int) -> None:
-        check_keep_ratio(self.keep_ratio)
-        check_per(self.per)
-        check_layer(self.layer, num_layers)
+    def __post_init__(self) -> None:
+        _check_common(self)
+        check_int("layer", self.layer, minimum=0)
         if self.query not in ("last", "text"):
             raise ValueError(f"query: expected 'last' or 'text', got {self.query!r}")
+
+    def validate(self, num_layers: int) -> None:
+        check_layer(self.layer, num_layers)
+
+    def kept(self, counts: TokenCounts) -> TokenCounts | None:
+        return counts.after(self.keep_ratio, self.per)
 
     def query_rows(self, layout: TokenLayout) -> torch.Tensor:
         return query_rows(layout, self.query)
 
-    def __call__(
-        self, layout: TokenLayout, *, num_layers: int, **inputs: torch.Tensor | None
-    ) -> PruneResult:
+    def __call__(self, layout: TokenLayout, **inputs: object) -> PruneResult:
         _require(self, inputs)
         return text_guided(
             inputs["lm_scores"],
             layout=layout,
             keep_ratio=self.keep_ratio,
             layer=self.layer,
-            num_layers=num_layers,
+            num_layers=inputs["num_layers"],
             per=self.per,
         )
 
 
 @dataclass(frozen=True)
 class Compose:
-    """Policies applied in order (e.g. ``Compose(Temporal(0.5), TextGuided(0.5, layer=2))``).
+    """Policies applied in order (e.g. ``Compose((Temporal(0.5), TextGuided(0.5, layer=2)))``):
+    any number of before-LM stages, then at most one in-LM stage."""
 
-    At most one in-LM stage, after every before-LM stage."""
+    policies: tuple[PrunePolicy, ...]
 
-    policies: tuple[Temporal | Salient | TextGuided, ...]
+    def __post_init__(self) -> None:
+        if not isinstance(self.policies, (tuple, list)) or not self.policies:
+            raise ValueError("policies: expected a non-empty tuple of pruning policies")
+        for i, p in enumerate(self.policies):
+            if not isinstance(p, PrunePolicy):
+                raise TypeError(f"policies[{i}]: expected a pruning policy, got {type(p).__name__}")
+            if p.where not in WHERE:
+                raise ValueError(f"policies[{i}].where: expected one of {WHERE}, got {p.where!r}")
+            if p.where == IN_LM and i != len(self.policies) - 1:
+                raise ValueError(f"policies[{i}]: an in-LM stage must be the last one")
 
     def validate(self, num_layers: int) -> None:
-        if not self.policies:
-            raise ValueError("Compose: expected at least one policy")
-        seen_lm = False
         for p in self.policies:
-            if not isinstance(p, (Temporal, Salient, TextGuided)):
-                raise TypeError(f"Compose: expected policies, got {type(p).__name__}")
             p.validate(num_layers)
-            if seen_lm:
-                raise ValueError("Compose: a TextGuided stage must be the last one")
-            seen_lm = isinstance(p, TextGuided)
 
 
-def _require(policy: object, inputs: dict[str, torch.Tensor | None]) -> None:
-    missing = [n for n in policy.needs if inputs.get(n) is None]  # type: ignore[attr-defined]
+def plan_stages(prune: object, num_layers: int) -> tuple[list[PrunePolicy], PrunePolicy | None]:
+    """(the before-LM policies in order, the in-LM policy or None) of a model's ``prune=``
+    option (None, a policy, or a `Compose`), validated for a model of ``num_layers`` layers."""
+    if prune is None:
+        return [], None
+    if not isinstance(prune, PrunePolicy) and not isinstance(prune, Compose):
+        raise TypeError(
+            "prune: expected a haic_kernels.pruning policy (Temporal, Salient, TextGuided, "
+            f"Compose or one with the PrunePolicy protocol), got {type(prune).__name__}"
+        )
+    policies = list(prune.policies) if isinstance(prune, Compose) else [prune]
+    Compose(tuple(policies)).validate(num_layers)
+    lm = policies[-1] if policies[-1].where == IN_LM else None
+    return (policies[:-1] if lm is not None else policies), lm
+
+
+def _require(policy: PrunePolicy, inputs: dict[str, object]) -> None:
+    missing = [n for n in policy.needs if inputs.get(n) is None]
     if missing:
         raise ValueError(
             f"{type(policy).__name__}: needs {', '.join(missing)}, which the model did not "

@@ -1,6 +1,5 @@
 """What a pruning policy returns (`PruneResult`), how stages compose (`PrunePlan`), and how the
-result is applied: compaction of hidden states / KV rows, model inputs of the kept tokens, and
-the expert routing rebuilt on the kept token types."""
+result is applied: compaction of hidden states / KV rows, model inputs of the kept tokens."""
 
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ import torch
 from haic_kernels.constants import VISION_TOKEN_TYPE
 from haic_kernels.ops.token_prune.api import Compacted, compact
 from haic_kernels.pruning.layout import TokenLayout
+from haic_kernels.tokens import build_position_ids
 
-__all__ = ["PrunePlan", "PruneResult", "compose", "rebuild_routing"]
+__all__ = ["PrunePlan", "PruneResult", "compose"]
 
 
 @dataclass
@@ -91,8 +91,6 @@ class PruneResult:
         counts per row): ``input_ids``, ``token_type_ids``, ``position_ids`` (the ORIGINAL ids,
         from `build_position_ids` of the full sequence when not given) and ``vision_embeds``
         (the kept vision rows, merged values if this stage merged)."""
-        from haic_kernels.models.cogvlm2.language import build_position_ids
-
         counts = self.kept_per_sequence
         if bool((counts != counts[0]).any()):
             raise ValueError(
@@ -115,24 +113,6 @@ class PruneResult:
             vis = token_type_ids == VISION_TOKEN_TYPE
             out["vision_embeds"] = rows[self.keep[vis]]
         return out
-
-
-def rebuild_routing(token_type_ids: torch.Tensor):
-    """Expert routing of a compacted sequence: ``(vision_mask [B, S], Routing)``.
-
-    Routing is rebuilt from the KEPT tokens' types (a token uses the vision expert when it and
-    the next kept token are vision tokens); since boi and eoi are never dropped this equals the
-    original routing restricted to the kept tokens. ``Routing`` is
-    ``haic_kernels.ops.expert_linear.Routing`` when that op is installed, else None.
-    """
-    from haic_kernels.models.cogvlm2.language import vision_expert_mask
-
-    mask = vision_expert_mask(token_type_ids)
-    try:
-        from haic_kernels.ops.expert_linear.routing import Routing
-    except ImportError:
-        return mask, None
-    return mask, Routing.from_vision_mask(mask)
 
 
 @dataclass

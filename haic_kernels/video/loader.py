@@ -1,8 +1,10 @@
-"""`VideoLoader`: batches of sampled, resized uint8 frames from a list of videos or a manifest.
+"""`VideoLoader`: batches of sampled, preprocessed frames from a list of videos or a manifest.
 
-For each video: probe it once with PyAV (frame count, rate and every frame's presentation time,
-read from packets, no pixel decoded), choose frames with the sampling policy, decode only those,
-resize the short side to ``size`` and center-crop, then stack the batch on ``device``.
+For each video: probe it once with PyAV (frame count, every frame's presentation time and the
+display matrix, from packets and the first frame), choose frames with the sampling policy,
+decode only those, orient them as the display matrix says, resize the short side to ``size``
+and center-crop (`frames.preprocess_frames`, ``preprocess="fast"`` uint8 or ``"release"``
+normalized float32), then stack the batch on ``device``.
 
 Backends (``backend="auto"`` picks per video, from the probed codec):
 
@@ -10,16 +12,16 @@ Backends (``backend="auto"`` picks per video, from the probed codec):
 device             codec                           decoder
 =================  ==============================  =========================================
 cuda               h264, hevc, av1, vp8/9, mjpeg   DALI "mixed" (NVDEC), resize on the GPU
-cpu                vp8, vp9, mjpeg                 DALI CPU decoder
 cpu or cuda        anything else FFmpeg reads      PyAV (CPU threads), then copied to device
 =================  ==============================  =========================================
 
-``backend="dali"`` or ``"pyav"`` forces one; a video the forced backend cannot decode becomes an
-error record, never a silent switch.
+On the CPU ``auto`` uses PyAV for every codec: DALI's CPU decoder was measured slower on this
+2-core machine (`CPU_AUTO_PREFERS_DALI`). ``backend="dali"`` or ``"pyav"`` forces one; a video
+the forced backend cannot decode becomes an error record, never a silent switch.
 
-Frame timing: timestamps come from the container (packet pts), so variable-frame-rate videos
-are sampled at their real times; every decoder indexes frames in presentation order, so a frame
-index means the same frame for all backends.
+Frame timing: a frame index is the frame with that rank among the presented timestamps (decord's
+and DALI's rule, edit-list preroll excluded); PyAV reports each frame's own decoded timestamp,
+DALI the probed one (the same number for the same index).
 """
 
 from __future__ import annotations
@@ -34,13 +36,18 @@ from typing import Any
 
 import torch
 
-from .frames import resize_short_side_center_crop
+from .frames import Orientation, check_mode, preprocess_frames
 from .manifest import ManifestRecord, parse_record, read_manifest
-from .pyav import VideoDecodeError, VideoInfo, decode_frames, probe_video
+from .pyav import DecodedFrames, VideoDecodeError, VideoInfo, probe_video, read_frames
 from .sampling import POLICIES, FrameSelection, sample_frames
 
 BACKENDS = ("auto", "dali", "pyav")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson")
+
+#: Whether ``backend="auto"`` on a CPU device sends VP8/VP9/MJPEG to DALI's CPU decoder.
+#: Measured with ``benchmarks/bench_video_cpu.py`` (README "Video input"), 2-core machine,
+#: DALI 2.4.0 vs PyAV 18.1 (FFmpeg 8), 24 frames per clip: see the README table for the numbers.
+CPU_AUTO_PREFERS_DALI = False
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,14 @@ class VideoError:
 class VideoBatch:
     """The videos of one batch that decoded, and error records for those that did not.
 
-    ``frames``: uint8 [B, F, size, size, 3] on the loader's device, RGB, not normalized. F is
-    the most frames any video of the batch has; a video with fewer (the ``chat`` policy gives
-    one frame per second of video, so short clips have fewer than ``num_frames``) is padded by
-    repeating its last frame, and ``num_frames[b]`` says how many are real: use
-    ``batch.video(b)`` for exactly those. ``indices[b]`` / ``timestamps[b]`` (seconds from the
-    first frame) describe the real frames; ``backends[b]`` names the decoder used.
+    ``frames``: on the loader's device, ``preprocess="fast"``: uint8 [B, F, size, size, 3] RGB,
+    not normalized; ``"release"``: float32 [B, F, 3, size, size], CLIP-normalized. F is the most
+    frames any video of the batch has; a video with fewer (the ``chat`` policy gives one frame per
+    second of video, so short clips have fewer than ``num_frames``) is padded by repeating its
+    last frame, and ``num_frames[b]`` says how many are real: use ``batch.video(b)`` for exactly
+    those. ``indices[b]`` / ``timestamps[b]`` (seconds from the first frame) describe the real
+    frames; ``backends[b]`` names the decoder used; ``rotations[b]`` the display rotation applied
+    (degrees counter-clockwise, FFmpeg's sign; 0 when none or ``autorotate=False``).
     """
 
     frames: torch.Tensor
@@ -75,12 +84,15 @@ class VideoBatch:
     records: list[ManifestRecord]
     backends: list[str]
     errors: list[VideoError] = field(default_factory=list)
+    rotations: list[int] = field(default_factory=list)
+    preprocess: str = "fast"
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def video(self, b: int) -> torch.Tensor:
-        """uint8 [num_frames[b], size, size, 3]: video ``b`` without padding (a view)."""
+        """Video ``b`` without padding (a view): uint8 [num_frames[b], size, size, 3] ("fast")
+        or float32 [num_frames[b], 3, size, size] ("release")."""
         return self.frames[b, : self.num_frames[b]]
 
 
@@ -115,6 +127,13 @@ def _to_records(source: Any) -> list[ManifestRecord]:
     return out
 
 
+def _dali_indices(sel: FrameSelection, info: VideoInfo) -> tuple[int, ...]:
+    """DALI numbers frames in decoder output order; ask it for the frames our indices mean."""
+    if info.output_position is None:
+        return sel.indices
+    return tuple(info.output_position[i] for i in sel.indices)
+
+
 def _check_pos_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -137,6 +156,10 @@ class VideoLoader:
         shard_id, num_shards: this process takes shard ``shard_id`` (DALI's rule, contiguous).
         progress: show a tqdm bar over the videos of this shard (on stderr).
         num_workers: threads for probing and PyAV decoding (default: CPU count, at most 16).
+        preprocess: ``"fast"`` (uint8 frames, normalized later in the patch-embed kernel) or
+            ``"release"`` (the release's normalize-then-resize, float32); see
+            `preprocess_frames`.
+        autorotate: apply the display matrix (phones' portrait videos), as ffmpeg and decord do.
     """
 
     def __init__(
@@ -153,7 +176,13 @@ class VideoLoader:
         num_shards: int = 1,
         progress: bool = False,
         num_workers: int | None = None,
+        preprocess: str = "fast",
+        autorotate: bool = True,
     ) -> None:
+        self.preprocess = check_mode(preprocess)
+        if not isinstance(autorotate, bool):
+            raise ValueError(f"autorotate must be a bool, got {autorotate!r}")
+        self.autorotate = autorotate
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.num_frames = _check_pos_int("num_frames", num_frames)
@@ -179,7 +208,10 @@ class VideoLoader:
         _backends.require("pyav")  # every backend probes files with PyAV
         if backend == "dali":
             _backends.require("dali")
-        self.use_dali = backend == "dali" or (backend == "auto" and _backends.get("dali").usable)
+        auto_dali = self.device.type == "cuda" or CPU_AUTO_PREFERS_DALI
+        self.use_dali = backend == "dali" or (
+            backend == "auto" and auto_dali and _backends.get("dali").usable
+        )
         self.policy, self.backend, self.shard_id = policy, backend, shard_id
         self.progress = progress
         self.num_workers = num_workers or min(16, os.cpu_count() or 1)
@@ -240,11 +272,15 @@ class VideoLoader:
             )
         return self._dali
 
-    def _plan(self, rec: ManifestRecord) -> tuple[FrameSelection, str] | VideoDecodeError:
+    def _plan(
+        self, rec: ManifestRecord
+    ) -> tuple[FrameSelection, str, VideoInfo] | VideoDecodeError:
         try:
             info = probe_video(rec.path)
         except VideoDecodeError as e:
             return e
+        except Exception as e:  # a prober bug must not take the other videos down
+            return VideoDecodeError(rec.path, f"probing failed ({type(e).__name__}: {e})")
         try:
             sel = sample_frames(
                 info.num_frames,
@@ -256,11 +292,17 @@ class VideoLoader:
         except ValueError as e:
             return VideoDecodeError(rec.path, f"cannot sample frames ({e})")
         backend = self.choose_backend(info)
-        return backend if isinstance(backend, VideoDecodeError) else (sel, backend)
+        return backend if isinstance(backend, VideoDecodeError) else (sel, backend, info)
 
-    def _pyav(self, rec: ManifestRecord, sel: FrameSelection) -> torch.Tensor | VideoDecodeError:
+    def _orientation(self, info: VideoInfo) -> Orientation:
+        return info.orientation if self.autorotate else Orientation()
+
+    def _pyav(
+        self, rec: ManifestRecord, sel: FrameSelection, info: VideoInfo
+    ) -> DecodedFrames | VideoDecodeError:
         try:
-            return decode_frames(rec.path, sel.indices, self.size)
+            return read_frames(rec.path, sel.indices, self.size, preprocess=self.preprocess,
+                               autorotate=self.autorotate, info=info)  # fmt: skip
         except VideoDecodeError as e:
             return e
         except Exception as e:  # a decoder bug must not take the other videos down
@@ -268,20 +310,25 @@ class VideoLoader:
 
     def _load_batch(self, recs: list[ManifestRecord], pool: ThreadPoolExecutor) -> VideoBatch:
         plans = list(pool.map(self._plan, recs))
-        results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(recs)
+        results: list[DecodedFrames | VideoDecodeError | None] = [None] * len(recs)
         on_dali = [k for k, p in enumerate(plans) if isinstance(p, tuple) and p[1] == "dali"]
         futures = {
-            k: pool.submit(self._pyav, recs[k], p[0])
+            k: pool.submit(self._pyav, recs[k], p[0], p[2])
             for k, p in enumerate(plans)
             if isinstance(p, tuple) and p[1] == "pyav"
         }
         if on_dali:  # decoded while the PyAV threads run
-            items = [(recs[k].path, plans[k][0].indices) for k in on_dali]  # type: ignore[index]
+            items = [(recs[k].path, _dali_indices(*plans[k][::2])) for k in on_dali]  # type: ignore[misc]
             for k, out in zip(on_dali, self._decoder().decode(items)):
-                if isinstance(out, torch.Tensor):
-                    # Same resize as the CPU path, on the tensor's device (the GPU for mixed).
-                    out = resize_short_side_center_crop(out, self.size)
                 results[k] = out
+                if isinstance(out, torch.Tensor):
+                    sel, _, info = plans[k]  # type: ignore[misc]
+                    # Same preprocessing as the CPU path, on the tensor's device (the GPU for
+                    # mixed); DALI ignores the display matrix, so it is applied here.
+                    orientation = self._orientation(info)
+                    out = preprocess_frames(out, self.size, self.preprocess,
+                                            orientation=orientation)  # fmt: skip
+                    results[k] = DecodedFrames(out, sel.indices, sel.timestamps, orientation)
         for k, fut in futures.items():
             results[k] = fut.result()
         for k, p in enumerate(plans):
@@ -290,30 +337,35 @@ class VideoLoader:
         return self._assemble(recs, plans, results)
 
     def _assemble(self, recs, plans, results) -> VideoBatch:
-        good = [k for k, r in enumerate(results) if isinstance(r, torch.Tensor)]
+        good = [k for k, r in enumerate(results) if isinstance(r, DecodedFrames)]
         errors = [
             VideoError(rec.path, r.reason if isinstance(r, VideoDecodeError) else str(r), rec)
             for rec, r in zip(recs, results)
-            if not isinstance(r, torch.Tensor)
+            if not isinstance(r, DecodedFrames)
         ]
-        f_max = max((results[k].shape[0] for k in good), default=0)
+        f_max = max((results[k].frames.shape[0] for k in good), default=0)
         padded = []
         for k in good:
-            v = results[k].to(self.device)
+            v = results[k].frames.to(self.device)
             if v.shape[0] < f_max:  # repeat the last frame (see VideoBatch)
                 v = torch.cat([v, v[-1:].expand(f_max - v.shape[0], -1, -1, -1)])
             padded.append(v)
-        shape = (0, 0, self.size, self.size, 3)
-        frames = torch.stack(padded) if padded else torch.empty(shape, dtype=torch.uint8)
+        if self.preprocess == "release":
+            shape, dtype = (0, 0, 3, self.size, self.size), torch.float32
+        else:
+            shape, dtype = (0, 0, self.size, self.size, 3), torch.uint8
+        frames = torch.stack(padded) if padded else torch.empty(shape, dtype=dtype)
         return VideoBatch(
             frames=frames.to(self.device),
-            num_frames=[results[k].shape[0] for k in good],
-            indices=[plans[k][0].indices for k in good],
-            timestamps=[plans[k][0].timestamps for k in good],
+            num_frames=[results[k].frames.shape[0] for k in good],
+            indices=[results[k].indices for k in good],
+            timestamps=[results[k].timestamps for k in good],
             paths=[recs[k].path for k in good],
             records=[recs[k] for k in good],
             backends=[self._label(plans[k][1]) for k in good],
             errors=errors,
+            rotations=[results[k].orientation.rotation for k in good],
+            preprocess=self.preprocess,
         )
 
     def _label(self, backend: str) -> str:

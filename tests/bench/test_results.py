@@ -177,7 +177,7 @@ def test_table_without_peaks_says_so():
 
 
 def test_plot_writes_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the bench extra)")
     doc = _document()
     path = plot(doc["results"], tmp_path / "p.png", peaks=doc["peaks"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,10 +15,9 @@ import torch
 
 from haic_kernels.backends import BackendUnavailable
 from haic_kernels.ops import _weight_cache
-from haic_kernels.ops.conv_compress import api
 from haic_kernels.ops.conv_compress.api import conv_compress
 from haic_kernels.ops.conv_compress.reference import conv_compress_reference
-from haic_kernels.testing import assert_parity, poison_
+from haic_kernels.testing import assert_parity
 from tests._emulation import run_emulation
 from tests._triton import needs_triton_cpu, triton_on_cpu
 
@@ -46,14 +45,6 @@ def _oracle(x, w, b, g) -> torch.Tensor:
     if b is not None:
         y = y + b.double()
     return y.reshape(n, (g // 2) ** 2, -1)
-
-
-def _poison_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
 
 
 def _check(fast, x, w, b, g, what):
@@ -95,8 +86,7 @@ DTYPE_IDS = ["fp32", "fp16"]
 @needs_triton_cpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(("n", "g", "c", "o", "cls"), SHAPES, ids=SHAPE_IDS)
-def test_triton_parity(seed, monkeypatch, n, g, c, o, cls, dtype):
-    _poison_outputs(monkeypatch)
+def test_triton_parity(seed, poison_outputs, n, g, c, o, cls, dtype):
     x, w, b = _inputs(n, g, c, o, cls, dtype, bias=(n != 25))
     out = conv_compress(x, w, b, grid=g, backend="triton")
     _check(out, x, w, b, g, f"triton seed={seed}")
@@ -113,8 +103,7 @@ def _views(dtype, device="cpu"):
 
 @needs_triton_cpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_triton_non_contiguous(seed, monkeypatch, dtype):
-    _poison_outputs(monkeypatch)
+def test_triton_non_contiguous(seed, poison_outputs, dtype):
     for name, x, g in _views(dtype):
         assert not x.is_contiguous()
         c = x.shape[-1]
@@ -290,8 +279,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(("n", "g", "c", "o", "cls"), GPU_SHAPES, ids=GPU_IDS)
-def test_gpu_parity(seed, monkeypatch, backend, n, g, c, o, cls, dtype):
-    _poison_outputs(monkeypatch)
+def test_gpu_parity(seed, poison_outputs, backend, n, g, c, o, cls, dtype):
     x, w, b = _inputs(n, g, c, o, cls, dtype, "cuda", bias=(n != 25))
     out = conv_compress(x, w, b, grid=g, backend=backend)
     assert out.device == x.device
@@ -301,8 +289,7 @@ def test_gpu_parity(seed, monkeypatch, backend, n, g, c, o, cls, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["fp32", "fp16", "bf16"])
-def test_gpu_non_contiguous(seed, monkeypatch, backend, dtype):
-    _poison_outputs(monkeypatch)
+def test_gpu_non_contiguous(seed, poison_outputs, backend, dtype):
     for name, x, g in _views(dtype, "cuda"):
         c = x.shape[-1]
         w = (torch.randn(24, c, 2, 2, device="cuda") / (2 * c**0.5)).to(dtype)

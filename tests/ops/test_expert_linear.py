@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from haic_kernels import backends
-from haic_kernels.models.cogvlm2.language import vision_expert_mask
-from haic_kernels.ops.expert_linear import Routing, api, expert_linear
-from haic_kernels.testing import assert_parity, poison_
+from haic_kernels.ops.expert_linear import Routing, expert_linear
+from haic_kernels.testing import assert_parity
 from tests._triton import needs_triton_cpu, triton_on_cpu
 
 HAS_CUDA = torch.cuda.is_available()
@@ -45,15 +44,16 @@ def _params(e, n, k, dtype, device="cpu", bias_pattern=None):
     return ws, bs
 
 
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
-
-
 # ---- Routing ------------------------------------------------------------------------------------
+
+
+def _route(tt: torch.Tensor) -> Routing:
+    """CogVLM's image-model routing of token types [B, S] (0 text, 1 vision): the vision expert
+    where a token and the next one of its row are vision tokens."""
+    vis = tt == 1
+    mask = torch.zeros_like(vis)
+    mask[:, :-1] = vis[:, :-1] & vis[:, 1:]
+    return Routing.from_vision_mask(mask)
 
 
 def _check_routing(r: Routing, ids: torch.Tensor) -> None:
@@ -101,32 +101,54 @@ def test_tile_table(seed, block_m):
     assert covered == list(range(37))
 
 
-def test_cogvlm_rule_matches_vision_expert_mask():
-    # language, a run of vision with the last-vision-token rule, vision at the sequence end
-    tt = torch.tensor([[0, 1, 1, 1, 0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 1, 0, 1, 1, 1, 1]])
-    r = Routing.from_token_types(tt)
-    mask = vision_expert_mask(tt)
+def test_routing_from_vision_mask():
+    mask = torch.tensor([[False, True, True, False], [True, True, True, False]])
+    r = Routing.from_vision_mask(mask)
     _check_routing(r, mask.long())
-    # the last vision token of each run goes to the language expert
-    assert r.expert_ids.view(2, 10)[0].tolist() == [0, 1, 1, 0, 0, 1, 0, 0, 1, 0]
-    assert torch.equal(Routing.from_vision_mask(mask).expert_ids, r.expert_ids)
-
-
-def test_routing_all_language_all_vision_and_video():
-    lang = Routing.from_token_types(torch.zeros(2, 7, dtype=torch.long))
-    assert lang.counts.tolist() == [14, 0]
-    vis = Routing.from_token_types(torch.ones(2, 7, dtype=torch.long))
-    assert vis.counts.tolist() == [2, 12]  # only each sequence's last token is language
-    video = Routing.from_token_types(torch.ones(2, 7, dtype=torch.long), num_experts=1)
-    assert video.num_experts == 1 and video.counts.tolist() == [14]
+    assert r.num_experts == 2 and r.counts.tolist() == [3, 5]
     none = Routing.from_vision_mask(None, num_tokens=5)
-    assert none.num_experts == 1 and none.counts.tolist() == [5]
+    assert none.num_experts == 1 and none.counts.tolist() == [5] and none.num_tokens == 5
+    empty = Routing.from_vision_mask(None, num_tokens=0)
+    assert empty.num_tokens == 0 and empty.offsets.tolist() == [0, 0]
 
 
-def test_routing_packed_cu_seqlens():
-    tt = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]])
-    packed = Routing.from_token_types(tt.reshape(-1), cu_seqlens=torch.tensor([0, 4, 8]))
-    assert torch.equal(packed.expert_ids, Routing.from_token_types(tt).expert_ids)
+def test_raw_constructor_accepts_a_valid_grouping():
+    ids = torch.tensor([1, 0, 1, 0], dtype=torch.int64)
+    r = Routing(expert_ids=ids, perm=torch.tensor([1, 3, 0, 2]), offsets=torch.tensor([0, 2, 4]),
+                num_experts=2)  # fmt: skip
+    _check_routing(r, ids)  # fields become contiguous int32
+    strided = torch.tensor([1, 9, 3, 9, 0, 9, 2, 9], dtype=torch.int32)[::2]
+    r2 = Routing(expert_ids=ids, perm=strided, offsets=torch.tensor([0, 2, 4]), num_experts=2)
+    assert r2.perm.is_contiguous() and r2.perm.tolist() == [1, 3, 0, 2]
+
+
+_IDS = torch.tensor([0, 1, 0, 1])
+_PERM = torch.tensor([0, 2, 1, 3])
+_OFF = torch.tensor([0, 2, 4])
+BAD_ROUTINGS = {
+    # offsets that do not sum to the token count, or do not start at 0, or decrease
+    "offsets-sum": (dict(offsets=torch.tensor([0, 2, 3])), "offsets"),
+    "offsets-start": (dict(offsets=torch.tensor([1, 2, 4])), "offsets"),
+    "offsets-order": (dict(offsets=torch.tensor([0, 5, 4])), "offsets"),
+    "offsets-len": (dict(offsets=torch.tensor([0, 4])), "offsets"),
+    "perm-range": (dict(perm=torch.tensor([0, 2, 1, 7])), "perm"),
+    "perm-negative": (dict(perm=torch.tensor([0, 2, 1, -1])), "perm"),
+    "perm-repeat": (dict(perm=torch.tensor([0, 2, 2, 3])), "perm"),
+    "perm-grouping": (dict(perm=torch.tensor([1, 0, 2, 3])), "perm"),
+    "perm-len": (dict(perm=torch.tensor([0, 2, 1])), "perm"),
+    "ids-range": (dict(expert_ids=torch.tensor([0, 1, 0, 2])), "expert_ids"),
+    "num-experts": (dict(num_experts=9, offsets=torch.zeros(10, dtype=torch.long)), "num_experts"),
+    "device": (dict(perm=_PERM.to("meta")), "perm"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ROUTINGS))
+def test_raw_constructor_validates(kind):
+    over, word = BAD_ROUTINGS[kind]
+    args = {**dict(expert_ids=_IDS, perm=_PERM, offsets=_OFF, num_experts=2), **over}
+    with pytest.raises((ValueError, TypeError)) as info:
+        Routing(**args)
+    assert str(info.value).startswith(word), info.value
 
 
 # ---- parity -------------------------------------------------------------------------------------
@@ -157,12 +179,11 @@ def _oracle_same_dtype(x, ws, bs, r):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 @pytest.mark.parametrize(("t", "k", "n"), SHAPES, ids=SHAPE_IDS)
-def test_parity_two_experts(seed, monkeypatch, backend, dtype, t, k, n):
+def test_parity_two_experts(seed, poison_outputs, backend, dtype, t, k, n):
     if backend == "triton" and not triton_on_cpu():
         pytest.skip("needs the Triton interpreter")
-    _poison_outputs(monkeypatch)
     tt = (torch.rand(1, t) < 0.7).long()
-    r = Routing.from_token_types(tt)
+    r = _route(tt)
     ws, bs = _params(2, n, k, dtype)  # language no bias, vision with bias (CogVLM's QKV)
     x = torch.randn(t, k).to(dtype)
     _run_parity(x, ws, bs, r, backend, f"{backend} seed={seed}")
@@ -170,8 +191,7 @@ def test_parity_two_experts(seed, monkeypatch, backend, dtype, t, k, n):
 
 @needs_triton_cpu
 @pytest.mark.parametrize("e", [1, 3, 8])
-def test_triton_many_experts_mixed_biases(seed, monkeypatch, e):
-    _poison_outputs(monkeypatch)
+def test_triton_many_experts_mixed_biases(seed, poison_outputs, e):
     t, k, n = 97, 72, 96
     ids = torch.randint(0, e, (t,))
     pattern = [bool(torch.rand(()) < 0.5) for _ in range(e)]
@@ -182,11 +202,10 @@ def test_triton_many_experts_mixed_biases(seed, monkeypatch, e):
 
 @needs_triton_cpu
 @pytest.mark.parametrize("case", ["all-language", "all-vision", "3d-strided"])
-def test_triton_routing_extremes(seed, monkeypatch, case):
-    _poison_outputs(monkeypatch)
+def test_triton_routing_extremes(seed, poison_outputs, case):
     b, s, k, n = 2, 40, 64, 72
     tt = torch.zeros(b, s, dtype=torch.long) if case == "all-language" else torch.ones(b, s).long()
-    r = Routing.from_token_types(tt)
+    r = _route(tt)
     ws, bs = _params(2, n, k, torch.float32)
     x = torch.randn(b, s, k)
     if case == "3d-strided":
@@ -288,8 +307,6 @@ def test_bad_arguments(kind):
         (lambda: Routing.from_expert_ids(torch.tensor([0, 2]), 2), ValueError, "[0, 2)"),
         (lambda: Routing.from_expert_ids(torch.tensor([-1, 0]), 2), ValueError, "expert_ids"),
         (lambda: Routing.from_expert_ids(torch.tensor([0.0]), 2), TypeError, "expert_ids"),
-        (lambda: Routing.from_token_types(torch.tensor([[0, 2]])), ValueError, "token_types"),
-        (lambda: Routing.from_token_types(torch.tensor([[0, 1]]), 3), ValueError, "num_experts"),
         (lambda: Routing.from_vision_mask(torch.ones(3)), TypeError, "vision_mask"),
         (lambda: Routing.from_vision_mask(None), ValueError, "num_tokens"),
     ],
@@ -337,9 +354,9 @@ def test_torch_compile_fullgraph(seed):
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def layer(x, tt):
-        return torch.relu(expert_linear(x, ws, bs, Routing.from_token_types(tt)))
+        return torch.relu(expert_linear(x, ws, bs, _route(tt)))
 
-    want = torch.relu(expert_linear(x, ws, bs, Routing.from_token_types(tt), backend="torch"))
+    want = torch.relu(expert_linear(x, ws, bs, _route(tt), backend="torch"))
     torch.testing.assert_close(layer(x, tt), want)
 
 
@@ -362,9 +379,8 @@ def _cogvlm_types(t, device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize(("t", "k", "n"), GPU_SHAPES, ids=GPU_IDS)
-def test_gpu_parity(seed, monkeypatch, t, k, n, dtype):
-    _poison_outputs(monkeypatch)
-    r = Routing.from_token_types(_cogvlm_types(t, "cuda"))
+def test_gpu_parity(seed, poison_outputs, t, k, n, dtype):
+    r = _route(_cogvlm_types(t, "cuda"))
     ws, bs = _params(2, n, k, dtype, "cuda")
     x = torch.randn(t, k, device="cuda").to(dtype)
     _run_parity(x, ws, bs, r, "triton", f"gpu {dtype} seed={seed}")
@@ -372,8 +388,7 @@ def test_gpu_parity(seed, monkeypatch, t, k, n, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("e", [3, 8])
-def test_gpu_many_experts(seed, monkeypatch, e):
-    _poison_outputs(monkeypatch)
+def test_gpu_many_experts(seed, poison_outputs, e):
     ids = torch.randint(0, e, (1000,), device="cuda")
     ws, bs = _params(e, 384, 512, torch.bfloat16, "cuda", [i % 3 == 0 for i in range(e)])
     x = torch.randn(1000, 512, device="cuda").bfloat16()
@@ -386,11 +401,11 @@ def test_gpu_cuda_graph_and_compile(seed, monkeypatch):
     tt = _cogvlm_types(300, "cuda")
     ws, bs = _params(2, 256, 128, torch.bfloat16, "cuda")
     x = torch.randn(300, 128, device="cuda").bfloat16()
-    r = Routing.from_token_types(tt)
+    r = _route(tt)
     want = expert_linear(x, ws, bs, r, backend="triton")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        r_g = Routing.from_token_types(tt)  # routing built inside the capture: no host sync
+        r_g = _route(tt)  # routing built inside the capture: no host sync
         got = expert_linear(x, ws, bs, r_g, backend="triton")
     graph.replay()
     torch.cuda.synchronize()

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from haic_kernels.backends import BackendUnavailable
-from haic_kernels.ops.token_prune import api
 from haic_kernels.ops.token_prune.api import (
     compact,
     frame_cosine_scores,
@@ -26,23 +25,13 @@ from haic_kernels.ops.token_prune.reference import (
     merge_weighted_reference,
     nearest_kept_reference,
 )
-from haic_kernels.testing import assert_parity, poison_
+from haic_kernels.testing import assert_parity
 from tests._emulation import run_emulation
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
 FAST = ["triton"]
 CPU_DTYPES = [torch.float32, torch.float16]
-
-
-@pytest.fixture
-def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fast backends allocate through api._new_output: hand them poisoned buffers."""
-    monkeypatch.setattr(
-        api,
-        "_new_output",
-        lambda shape, dtype, device: poison_(torch.empty(shape, dtype=dtype, device=device)),
-    )
 
 
 def _prev(cu: list[int]) -> torch.Tensor:
@@ -59,7 +48,7 @@ def _prev(cu: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("shape,cu", [((5, 16, 40), [0, 2, 2, 5]), ((3, 7, 129), None)])
-def test_frame_cosine_parity(seed, poisoned, dtype, shape, cu) -> None:
+def test_frame_cosine_parity(seed, poison_outputs, dtype, shape, cu) -> None:
     x = torch.randn(shape, dtype=dtype, device=DEV)
     cu_t = None if cu is None else torch.tensor(cu, device=DEV)
     prev = _prev(cu if cu is not None else [0, shape[0]]).to(DEV)
@@ -75,7 +64,7 @@ def test_frame_cosine_parity(seed, poisoned, dtype, shape, cu) -> None:
     assert_parity(fast[~first], same[~first].to(torch.float32), ref[~first], what="cosine")
 
 
-def test_frame_cosine_reads_strided_patch_rows(seed, poisoned) -> None:
+def test_frame_cosine_reads_strided_patch_rows(seed, poison_outputs) -> None:
     """The patch rows of adapter output [F, N+2, D] are scored in place (no copy)."""
     emb = torch.randn(4, 11, 37, device=DEV)
     cu = torch.tensor([0, 1, 4], device=DEV)
@@ -85,7 +74,7 @@ def test_frame_cosine_reads_strided_patch_rows(seed, poisoned) -> None:
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-def test_nearest_kept_matches_reference(seed, poisoned, dtype) -> None:
+def test_nearest_kept_matches_reference(seed, poison_outputs, dtype) -> None:
     x = torch.randn(4, 21, 33, dtype=dtype, device=DEV)
     keep = torch.rand(4, 21, device=DEV) < 0.3
     keep[2] = False  # a frame with nothing kept -> -1
@@ -169,7 +158,7 @@ def test_keep_counts_rule() -> None:
 
 
 @pytest.mark.parametrize("backend", ["torch", *FAST])
-def test_compact_padded_and_packed(seed, backend, poisoned) -> None:
+def test_compact_padded_and_packed(seed, backend, poison_outputs) -> None:
     b, s, d = 3, 11, 5
     h = torch.randn(b, s, d, device=DEV)
     keep = torch.rand(b, s, device=DEV) < 0.5
@@ -208,7 +197,7 @@ def test_gather_rows_any_dtype(seed, dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-def test_merge_weighted_parity(seed, poisoned, dtype) -> None:
+def test_merge_weighted_parity(seed, poison_outputs, dtype) -> None:
     f, n, d = 3, 13, 150
     x = torch.randn(f, n, d, dtype=dtype)
     keep = torch.rand(f, n) < 0.4
@@ -282,6 +271,48 @@ def test_segment_topk_cuda_kernel_host_emulation(tmp_path) -> None:
     a barrier as __syncthreads), checked against a host loop inside the driver."""
     out = run_emulation(tmp_path, "token_select.cu", "token_select_emu.cpp", timeout=120)
     assert "0 failed" in out, out
+
+
+def _ext_has_select() -> bool:
+    try:
+        import haic_kernels._C as C
+    except ImportError:
+        return False
+    return hasattr(C, "segment_topk_f32")
+
+
+@pytest.mark.skipif(not _ext_has_select(), reason="haic_kernels._C is not built")
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        ({"num_tokens": -1}, "num_tokens must be >= 0"),
+        ({"max_seqlen": -1}, "must be >= 0"),
+        ({"num_segments": -2}, "must be >= 0"),
+        ({"num_tokens": 1 << 31}, "num_tokens must be < 2"),
+        ({"k_ptr": 0}, "k_ptr must be non-null"),
+    ],
+)
+def test_segment_topk_binding_checks_arguments(over, words) -> None:
+    """These checks run before any CUDA call, so they are safe without a GPU."""
+    import haic_kernels._C as C
+
+    kw = dict(scores_ptr=1 << 20, cu_seqlens_ptr=2 << 20, k_ptr=3 << 20, keep_ptr=4 << 20,
+              num_segments=2, max_seqlen=8, num_tokens=12, stream=0)  # fmt: skip
+    kw.update(over)
+    with pytest.raises(ValueError, match=words):
+        C.segment_topk_f32(**kw)
+
+
+def test_segment_topk_binding_empty_is_a_no_op() -> None:
+    if not _ext_has_select():
+        pytest.skip("haic_kernels._C is not built")
+    import haic_kernels._C as C
+
+    for empty in ({"num_segments": 0}, {"num_tokens": 0}):
+        kw = dict(scores_ptr=0, cu_seqlens_ptr=0, k_ptr=0, keep_ptr=0, num_segments=2,
+                  max_seqlen=8, num_tokens=12, stream=0)  # fmt: skip
+        kw.update(empty)
+        assert C.segment_topk_f32(**kw) is None  # returns before touching a pointer
 
 
 # ---- GPU (bf16, full size) ----------------------------------------------------------------

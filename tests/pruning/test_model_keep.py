@@ -21,7 +21,8 @@ from haic_kernels.models.cogvlm2 import (
     init_random_weights,
     stack_prompts,
 )
-from haic_kernels.models.cogvlm2.language import vision_expert_mask
+from haic_kernels.models.cogvlm2.language import apply_rotary, routed
+from haic_kernels.ops.attention.api import attention
 from haic_kernels.pruning import (
     TokenLayout,
     compose,
@@ -31,10 +32,11 @@ from haic_kernels.pruning import (
     temporal,
     text_guided,
 )
-from haic_kernels.pruning.reference_scores import (
+from haic_kernels.testing.prune_scores import (
     lm_key_scores_reference,
     vision_cls_scores_reference,
 )
+from haic_kernels.tokens import vision_expert_mask
 
 LOGIT_ATOL = 1e-5  # fp32, same ops on the same rows: only summation-order noise is allowed
 
@@ -235,9 +237,6 @@ def test_keep_argument_errors() -> None:
 def test_reference_scores_equal_attention_key_scores(seed) -> None:
     """The scores the fast model will read from attention(key_scores=...) are the ones the
     reference helpers compute (LM layer, causal, GQA; vision tower CLS row, full attention)."""
-    attn_mod = pytest.importorskip("haic_kernels.ops.attention.api")
-    from haic_kernels.models.cogvlm2.language import apply_rotary, routed
-
     model = make_model("image", seed % 1000)
     cfg = model.config
     ids, types, images = make_batch(cfg, frames=2)
@@ -268,7 +267,7 @@ def test_reference_scores_equal_attention_key_scores(seed) -> None:
     cos, sin = attn.rotary_emb(pos, q.dtype)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     v = v.view(b, s, attn.num_kv_heads, attn.head_dim)
-    out = attn_mod.attention(
+    out = attention(
         q.transpose(1, 2).contiguous(),
         k.transpose(1, 2).contiguous(),
         v.contiguous(),
@@ -291,7 +290,7 @@ def test_reference_scores_equal_attention_key_scores(seed) -> None:
     qv, kv_, vv = qkv.unbind(2)
     row0 = torch.zeros(n, length, dtype=torch.bool)
     row0[:, 0] = True
-    got_v = attn_mod.attention(
+    got_v = attention(
         qv.contiguous(),
         kv_.contiguous(),
         vv.contiguous(),

@@ -12,12 +12,17 @@ import torch.nn.functional as F
 
 from haic_kernels.models.cogvlm2 import ByteTokenizer, build_position_ids, build_prompt, get_config
 from haic_kernels.pruning import (
+    BEFORE_LM,
+    IN_LM,
     Compose,
+    PrunePolicy,
     Salient,
     Temporal,
     TextGuided,
+    TokenCounts,
     TokenLayout,
     compose,
+    plan_stages,
     pool_cls_attention,
     query_rows,
     salient,
@@ -348,3 +353,80 @@ def test_bad_input_errors() -> None:
     other = TextGuided(0.5, layer=1)(lay, num_layers=4, lm_scores=torch.rand(lay.role.shape))
     with pytest.raises(ValueError, match="lengths"):
         compose(res, other)  # text-guided was computed on the unpruned sequence
+
+
+def test_policy_fields_are_checked_when_built() -> None:
+    """Bad fields fail at construction, naming the field (NaN and inf included)."""
+    cases = [
+        (lambda: Salient(0.5, merge="no"), TypeError, "merge"),
+        (lambda: Salient(0.5, merge=1), TypeError, "merge"),
+        (lambda: Temporal(float("nan")), ValueError, "keep_ratio"),
+        (lambda: Temporal(float("inf")), ValueError, "keep_ratio"),
+        (lambda: TextGuided(float("-inf")), ValueError, "keep_ratio"),
+        (lambda: Salient("0.5"), TypeError, "keep_ratio"),
+        (lambda: Temporal(0.5, per="clip"), ValueError, "per"),
+        (lambda: TextGuided(0.5, layer=-1), ValueError, "layer"),
+        (lambda: TextGuided(0.5, layer=True), TypeError, "layer"),
+        (lambda: TextGuided(0.5, query="all"), ValueError, "query"),
+        (lambda: Compose(()), ValueError, "policies"),
+        (lambda: Compose((Temporal(0.5), "half")), TypeError, r"policies\[1\]"),
+    ]
+    for make, exc, field in cases:
+        with pytest.raises(exc, match=field):
+            make()
+
+
+def test_policies_declare_where_they_run_and_what_they_need() -> None:
+    for p in (Temporal(0.5), Salient(0.5, merge=True), TextGuided(0.5, layer=1)):
+        assert isinstance(p, PrunePolicy)
+    assert Temporal(0.5).where == Salient(0.5).where == BEFORE_LM
+    assert TextGuided(0.5).where == IN_LM
+    assert Temporal(0.5).needs == ("vision_embeds",)
+    assert Salient(0.5).needs == ("cls_scores",)
+    assert Salient(0.5, merge=True).needs == ("cls_scores", "vision_embeds")
+    assert TextGuided(0.5).needs == ("lm_scores",)
+    before, lm = plan_stages(Compose((Temporal(0.5), Salient(0.4), TextGuided(0.3, layer=1))), 4)
+    assert [type(p) for p in before] == [Temporal, Salient] and isinstance(lm, TextGuided)
+    assert plan_stages(TextGuided(0.5, layer=1), 4) == ([], TextGuided(0.5, layer=1))
+    assert plan_stages(None, 4) == ([], None)
+    with pytest.raises(ValueError, match="layer"):
+        plan_stages(TextGuided(0.5, layer=3), 4)  # scores at 3, nothing left to drop from
+    with pytest.raises(TypeError, match="prune"):
+        plan_stages(0.5, 4)
+
+
+def _layout_and_feats(seed: int, frames=(2, 0, 3, 1)):
+    cfg, ps = prompts(None, frames)
+    lay = TokenLayout.from_token_types([p.token_type_ids for p in ps], cfg.tokens_per_frame)
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(lay.num_frames, cfg.tokens_per_frame, 8, generator=g)
+    counts = TokenCounts.unpruned(
+        [len(p) for p in ps], [int(p.token_type_ids.sum()) for p in ps], cfg.tokens_per_frame
+    )
+    return lay, feats, counts, g
+
+
+@pytest.mark.parametrize("first", ["video", "frame"])
+@pytest.mark.parametrize("second", ["video", "frame"])
+def test_kept_counts_are_predicted_from_the_layout(seed, first, second) -> None:
+    """`PrunePolicy.kept` gives the counts the selection keeps, without the scores: exactly,
+    except a per-frame stage after a per-video one (the frames' split is the scores'), where it
+    says so (None) and `TokenCounts.from_layout` reads the counts instead."""
+    lay, feats, counts, g = _layout_and_feats(seed)
+    assert counts == TokenCounts.from_layout(lay) and counts.lengths == tuple(lay.lengths.tolist())
+    t = Temporal(0.4, per=first)
+    res = t(lay, vision_embeds=feats)
+    after = t.kept(counts)
+    assert after.lengths == tuple(res.kept_per_sequence.tolist())
+    assert after == TokenCounts.from_layout(res.layout_after) or (
+        first == "video" and after.patches == TokenCounts.from_layout(res.layout_after).patches
+    )
+    lay2 = res.layout_after
+    tg = TextGuided(0.3, layer=0, per=second)
+    res2 = tg(lay2, num_layers=2, lm_scores=torch.rand(lay2.role.shape, generator=g))
+    predicted = tg.kept(after)
+    if first == "video" and second == "frame":
+        assert predicted is None
+        predicted = tg.kept(TokenCounts.from_layout(lay2))
+    assert predicted.lengths == tuple(res2.kept_per_sequence.tolist())
+    assert predicted.vision == tuple((res2.layout_after.vision.sum(1)).tolist())

@@ -10,8 +10,13 @@ import torch
 
 av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
 
-from haic_kernels.video import VideoDecodeError, decode_frames, load_video, probe_video  # noqa: E402
-from haic_kernels.video.frames import resize_short_side_center_crop  # noqa: E402
+from haic_kernels.video import (  # noqa: E402
+    VideoDecodeError,
+    decode_frames,
+    load_video,
+    preprocess_frames,
+    probe_video,
+)
 from haic_kernels.video.synthetic import read_index, write_clip  # noqa: E402
 
 CODECS = ["libvpx-vp9", "libx264", "mjpeg"]
@@ -43,6 +48,33 @@ def test_decode_picks_the_asked_frames(clip: Path) -> None:
     assert [read_index(f.numpy()) for f in frames] == indices
 
 
+@pytest.mark.parametrize("mode", ["fast", "release"])
+def test_frames_preprocessed_while_decoding_are_the_full_frames_preprocessed(
+    clip: Path, mode: str
+) -> None:
+    """Each wanted frame is preprocessed on the helper thread as it is decoded; in any order,
+    with repeats, it is the full-resolution frame put through `preprocess_frames`."""
+    for indices in ([0, 5, 17, 36], [36, 0, 5, 5, 17]):
+        full = decode_frames(clip, indices)
+        got = decode_frames(clip, indices, 32, preprocess=mode)
+        assert torch.equal(got, preprocess_frames(full, 32, mode))
+
+
+def test_a_failing_preprocess_is_an_error_naming_the_file(clip: Path, monkeypatch) -> None:
+    import threading
+
+    from haic_kernels.video import frames as frames_mod
+
+    def broken(self, frame, out):
+        raise MemoryError("no room")
+
+    before = threading.active_count()
+    monkeypatch.setattr(frames_mod.Resizer, "__call__", broken)
+    with pytest.raises(VideoDecodeError, match=rf"{clip.name}: decoding failed.*no room"):
+        decode_frames(clip, [0, 20], 32)
+    assert threading.active_count() == before  # the helper thread is gone
+
+
 def test_load_video_chat_policy(clip: Path) -> None:
     frames, sel = load_video(clip, policy="chat", size=32)
     # 37 frames at 12 fps: last at 3.0 s -> seconds 0..3 -> frames 0, 12, 24, 36.
@@ -62,17 +94,3 @@ def test_bad_files(tmp_path: Path, clip: Path) -> None:
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoDecodeError, match=r"junk\.mp4"):
         probe_video(junk)
-
-
-def test_resize_crop_against_interpolate() -> None:
-    g = torch.Generator().manual_seed(7)
-    frames = torch.randint(0, 256, (3, 30, 50, 3), dtype=torch.uint8, generator=g)
-    out = resize_short_side_center_crop(frames, 12)
-    assert out.shape == (3, 12, 12, 3)
-    x = torch.nn.functional.interpolate(
-        frames.permute(0, 3, 1, 2).double(), size=(12, 20), mode="bilinear", align_corners=False
-    )[:, :, :, 4:16]
-    expected = x.round().clamp(0, 255).permute(0, 2, 3, 1)
-    assert (out.double() - expected).abs().max() <= 1  # float32 vs float64 rounding only
-    with pytest.raises(ValueError, match="uint8"):
-        resize_short_side_center_crop(frames.float(), 12)

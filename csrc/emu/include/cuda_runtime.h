@@ -1,5 +1,5 @@
-// Host-emulation shim: device qualifiers vanish, threadIdx/blockIdx are thread-locals set by the
-// emulated launch, __syncthreads is a std::barrier across the block's std::threads.
+// Host-emulation shim: device qualifiers vanish, threadIdx/blockIdx/gridDim are thread-locals set
+// by the emulated launch, __syncthreads is a std::barrier across the block's std::threads.
 #pragma once
 #include "cuda_runtime_api.h"
 
@@ -15,6 +15,7 @@ struct emu_uint3 {
 };
 extern thread_local emu_uint3 threadIdx;
 extern thread_local emu_uint3 blockIdx;
+extern thread_local emu_uint3 gridDim;  // defined by the drivers whose kernels read it
 void __syncthreads();
 
 struct alignas(16) uint4 {

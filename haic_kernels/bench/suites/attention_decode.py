@@ -1,7 +1,7 @@
 """attention_decode: one query token per sequence against a KV cache (split-K CUDA kernel); GB/s.
 
-Cases for ``haic_kernels.ops.attention.cuda.decode_attention_cuda`` (backend "cuda", the kernel
-the public ``attention(..., backend="cuda")`` dispatches decode calls to) and two baselines:
+Cases for ``haic_kernels.attention_with_kvcache(..., backend="cuda")`` (the split-K kernel that
+decode calls go to, through the public op with its checks) and two baselines:
 "torch SDPA" (q [B,Hq,1,D] against the cache viewed as [B,Hkv,S,D], enable_gqa=True; the
 expanded-K/V fallback on torches without enable_gqa) and "flash_attn" (flash_attn_with_kvcache,
 when importable). The cache is [B, S, Hkv, D] (flash-attn's layout).
@@ -23,7 +23,7 @@ from haic_kernels.bench.runner import Case
 from haic_kernels.bench.suites._util import load_op, probe, raiser
 
 SUITE = "attention_decode"
-OP_MODULE = "haic_kernels.ops.attention.cuda"
+OP_MODULE = "haic_kernels.ops.attention"
 
 # (name, batch, cached tokens, q heads, kv heads, head dim, dtype)
 SHAPES: dict[str, list[tuple[str, int, int, int, int, int, torch.dtype]]] = {
@@ -81,7 +81,7 @@ def _make_check(label: str, scale: float) -> Callable[[Any, tuple[Any, ...]], No
     def check(out: Any, inputs: tuple[Any, ...]) -> None:
         from haic_kernels.testing import assert_parity
 
-        q, k, v = inputs
+        q, k, v = inputs[:3]
         ref = _decode_reference(q, k, v, scale, torch.float64)
         if not isinstance(out, torch.Tensor) or out.shape != q.shape or out.dtype != q.dtype:
             got = (tuple(out.shape), out.dtype) if isinstance(out, torch.Tensor) else type(out)
@@ -97,7 +97,8 @@ def _inputs_factory(b: int, s: int, hq: int, hkv: int, d: int, dtype: torch.dtyp
         q = torch.randn(b, hq, d, dtype=dtype, device=device)
         k = torch.randn(b, s, hkv, d, dtype=dtype, device=device)
         v = torch.randn(b, s, hkv, d, dtype=dtype, device=device)
-        return q, k, v
+        lens = torch.full((b,), s, dtype=torch.int32, device=device)  # every cached row valid
+        return q, k, v, lens
 
     return make_inputs
 
@@ -107,9 +108,10 @@ def _cuda_skip(op: Callable[..., None] | None, device: torch.device) -> str | No
         return f"the CUDA decode kernel needs a CUDA device; benchmarking on {device}"
 
     def call() -> None:
-        q = torch.randn(1, 2, 64, dtype=torch.bfloat16, device=device)
+        q = torch.randn(1, 1, 2, 64, dtype=torch.bfloat16, device=device)
         k = torch.randn(1, 8, 1, 64, dtype=torch.bfloat16, device=device)
-        op(q, k, k, torch.empty_like(q), scale=0.125)
+        lens = torch.full((1,), 8, dtype=torch.int32, device=device)
+        op(q, k, k, lens, scale=0.125, backend="cuda")
 
     return probe((SUITE, "cuda", str(device)), call)
 
@@ -119,7 +121,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
     if size not in SHAPES:
         raise ValueError(f"size: expected one of {sorted(SHAPES)}, got {size!r}")
     device = torch.device(device)
-    op, op_skip, op_error = load_op(OP_MODULE, "decode_attention_cuda")
+    op, op_skip, op_error = load_op(OP_MODULE, "attention_with_kvcache")
     fa_fn, fa_skip = _flash_attn_fn()
     if fa_skip is None and device.type != "cuda":
         fa_skip = f"flash_attn needs a CUDA device; benchmarking on {device}"
@@ -141,7 +143,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
         out.append(
             Case(
                 backend="torch SDPA",
-                fn=lambda q, k, v, sc=scale: decode_sdpa(q, k, v, sc),
+                fn=lambda q, k, v, lens, sc=scale: decode_sdpa(q, k, v, sc),
                 baseline=True,
                 check=_make_check(f"{SUITE} torch SDPA {name}", scale),
                 **common,
@@ -150,7 +152,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
         out.append(
             Case(
                 backend="flash_attn",
-                fn=lambda q, k, v, sc=scale: fa_fn(q, k, v, sc),
+                fn=lambda q, k, v, lens, sc=scale: fa_fn(q, k, v, sc),
                 baseline=True,
                 skip_reason=fa_skip,
                 check=_make_check(f"{SUITE} flash_attn {name}", scale),
@@ -162,10 +164,8 @@ def cases(size: str, device: torch.device) -> list[Case]:
             continue
         skip = op_skip or _cuda_skip(op, device)
 
-        def run_cuda(q, k, v, sc=scale):
-            o = torch.empty_like(q)
-            op(q, k, v, o, scale=sc)
-            return o
+        def run_cuda(q, k, v, lens, sc=scale):
+            return op(q[:, None], k, v, lens, scale=sc, backend="cuda")[:, 0]
 
         out.append(
             Case(

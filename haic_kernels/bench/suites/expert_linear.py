@@ -83,9 +83,10 @@ def _factory(frames, per_frame, text, k, dtype) -> Callable[[torch.device], tupl
 
         tt = token_types(frames, per_frame, text, device)
         x = torch.randn(tt.shape[1], k, device=device).to(dtype)
+        # CogVLM's rule: the vision expert where a token and the next one are vision tokens.
         mask = torch.zeros_like(tt, dtype=torch.bool)
         mask[:, :-1] = (tt[:, :-1] == 1) & (tt[:, 1:] == 1)
-        return x, mask.reshape(-1), Routing.from_token_types(tt)
+        return x, mask.reshape(-1), Routing.from_vision_mask(mask)
 
     return make_inputs
 

@@ -89,18 +89,16 @@ def counts(preset: str, variant: str, t: int, dtype: torch.dtype) -> tuple[int, 
 def _factory(preset, variant, frames, per_frame, tail, dtype) -> Callable[..., tuple[Any, ...]]:
     def make_inputs(device: torch.device) -> tuple[Any, ...]:
         from haic_kernels.models.cogvlm2.config import get_config
-        from haic_kernels.models.cogvlm2.language import build_position_ids, vision_expert_mask
-        from haic_kernels.ops.expert_linear import Routing
+        from haic_kernels.models.cogvlm2.fast import TokenBatch
+        from haic_kernels.tokens import vision_expert_mask
 
         cfg = get_config(preset, variant)
         tt = token_types(frames, per_frame, tail, device)
         x = torch.randn(1, tt.shape[1], cfg.text.hidden_size, device=device).to(dtype)
-        pos = build_position_ids(tt)
-        if cfg.vision_expert:
-            mask, route = vision_expert_mask(tt), Routing.from_token_types(tt)
-        else:
-            mask, route = None, Routing.from_token_types(tt, num_experts=1)
-        return x, mask, pos, route
+        # The fast layer's batch metadata (positions, routing), built once outside the timing.
+        batch = TokenBatch.from_inputs(torch.zeros_like(tt), tt, config=cfg)
+        mask = vision_expert_mask(tt) if cfg.vision_expert else None
+        return x, mask, batch.position_ids[None], batch
 
     return make_inputs
 
@@ -141,7 +139,7 @@ def cases(size: str, device: torch.device) -> list[Case]:
         )
         key = (preset, variant, dtype, device)
 
-        def ref_fn(x, mask, pos, route, key=key):
+        def ref_fn(x, mask, pos, batch, key=key):
             with torch.no_grad():
                 return _Layers.get(*key)[0](x, mask, pos)[0]
 
@@ -161,16 +159,16 @@ _fast_layers: dict[Any, torch.nn.Module] = {}
 
 
 def _fast_fn(key: tuple[Any, ...], backend: str) -> Callable[..., torch.Tensor]:
-    def fn(x, mask, pos, route):
-        from haic_kernels.models.cogvlm2.fast import FastCogVLMDecoderLayer
+    def fn(x, mask, pos, batch):
+        from haic_kernels.models.cogvlm2.config import get_config
+        from haic_kernels.models.cogvlm2.fast.layers import FastDecoderLayer
 
         fkey = (*key, backend)
         if fkey not in _fast_layers:
-            _fast_layers[fkey] = FastCogVLMDecoderLayer.from_reference(
-                _Layers.get(*key)[0], backend=backend, attn_backend=backend
-            )
+            cfg = get_config(key[0], key[1])
+            _fast_layers[fkey] = FastDecoderLayer(_Layers.get(*key)[0], cfg, backend, backend)
         with torch.no_grad():
-            return _fast_layers[fkey](x, mask, pos, routing=route)[0]
+            return _fast_layers[fkey](x[0], batch).x[None]
 
     return fn
 

@@ -229,3 +229,154 @@ def cases(size: str, device: torch.device) -> list[Case]:
                 )
             )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU measurements (benchmarks/bench_video_cpu.py): PyAV's read path against a plain forward
+# pass and the ffmpeg CLI, and DALI's CPU decoder against PyAV (speed and pixels).
+# ---------------------------------------------------------------------------------------------
+
+
+#: What `measure_variant` can run. "plain forward pass" and the PyAV readers decode with the
+#: same settings (``thread_type="AUTO"``, FFmpeg's default thread count), from the same probed
+#: indices, and stop after the last wanted frame; the probe is not timed.
+VARIANTS = ("plain forward pass", "pyav read_frames", "pyav read_frames release", "ffmpeg cli",
+            "dali cpu")  # fmt: skip
+
+
+def plain_forward_pass(path: str, indices: list[int]) -> list[Any]:
+    """The least any PyAV reader does: decode every frame up to the last wanted one and convert
+    the wanted ones to RGB (``frame.to_ndarray("rgb24")``), no resize."""
+    import av
+
+    wanted, out = set(indices), []
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(stream)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if i >= max(indices):
+                break
+    return out
+
+
+def ffmpeg_cli(path: str, indices: list[int], size: int) -> tuple[bytes, float] | None:
+    """``ffmpeg`` selecting the frames, scaling the short side (swscale bilinear) and cropping,
+    stopping after the last selected frame, its own default threads: (the rgb24 frames, the
+    ffmpeg process's peak RSS in MiB), or None when ffmpeg is not on PATH.
+
+    ffmpeg runs under ``sh`` and reports its own peak (``-benchmark``): a child started straight
+    from Python would count this interpreter's pages, which it holds until it execs."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    wanted = sorted(set(indices))
+    select = "+".join(f"eq(n\\,{i})" for i in wanted)
+    vf = (f"select='{select}',scale='if(gt(iw,ih),-2,{size})':'if(gt(iw,ih),{size},-2)'"
+          f":flags=bilinear,crop={size}:{size}")  # fmt: skip
+    cmd = ["sh", "-c", '"$0" "$@"; s=$?; exit $s', exe, "-hide_banner", "-nostats",
+           "-loglevel", "info", "-benchmark", "-i", path, "-vf", vf, "-vsync", "0",
+           "-frames:v", str(len(wanted)), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]  # fmt: skip
+    run = subprocess.run(cmd, check=True, capture_output=True)
+    found = re.search(rb"maxrss=(\d+)kB", run.stderr)
+    return run.stdout, (int(found.group(1)) / 1024 if found else float("nan"))
+
+
+def _variant(name: str, path: str, frames: int, size: int) -> None:
+    """Run one variant in this (child) process; print wall and CPU seconds and memory as JSON.
+
+    ``extra_mib`` is the peak RSS of the work above the RSS before it (for "ffmpeg cli": the
+    ffmpeg process's own peak RSS, all of it the work's). ``cpu_s`` counts this process and its
+    children (ffmpeg)."""
+    import json
+    import resource
+    import time
+
+    from haic_kernels.video.pyav import probe_video, read_frames
+    from haic_kernels.video.sampling import sample_frames
+
+    def rss_mib(field: str) -> float:
+        with open("/proc/self/status") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith(field))
+        return kb / 1024
+
+    def cpu_s() -> float:
+        own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                      resource.RUSAGE_CHILDREN))  # fmt: skip
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    info = probe_video(path)
+    idx = list(sample_frames(info.num_frames, info.fps, "uniform", max_frames=frames,
+                             timestamps=info.timestamps).indices)  # fmt: skip
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS: the peak of the work alone
+    base = rss_mib("VmRSS:")
+    c0, t0 = cpu_s(), time.perf_counter()
+    if name == "pyav read_frames":
+        read_frames(path, idx, size, info=info)
+    elif name == "pyav read_frames release":
+        read_frames(path, idx, size, preprocess="release", info=info)
+    elif name == "plain forward pass":
+        plain_forward_pass(path, idx)
+    elif name == "ffmpeg cli":
+        got = ffmpeg_cli(path, idx, size)
+        if got is None:
+            raise RuntimeError("ffmpeg is not on PATH")
+        ffmpeg_peak = got[1]
+    elif name == "dali cpu":
+        from haic_kernels.video.dali import DaliVideoDecoder
+        from haic_kernels.video.frames import preprocess_frames
+
+        (out,) = DaliVideoDecoder("cpu", batch_size=1).decode([(path, idx)])
+        if not isinstance(out, torch.Tensor):
+            raise RuntimeError(str(out))
+        preprocess_frames(out, size)
+    else:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {name!r}")
+    seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
+    peak = rss_mib("VmHWM:")
+    extra = peak - base
+    if name == "ffmpeg cli":
+        peak = extra = ffmpeg_peak
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_mib": peak, "extra_mib": extra}))
+
+
+def measure_variant(name: str, path: str, frames: int = 24, size: int = 224) -> dict[str, float]:
+    """`_variant` in a fresh interpreter (so peak memory is its own)."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"from haic_kernels.bench.suites.video import _variant; _variant({name!r}, " \
+           f"{path!r}, {frames}, {size})"  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def pixel_differences(path: str, frames: int = 24, size: int = 224) -> dict[str, tuple]:
+    """DALI CPU vs PyAV on the same frames: (mean, p99, max) |diff| at full size and resized."""
+    import numpy as np
+
+    from haic_kernels.video.dali import DaliVideoDecoder
+    from haic_kernels.video.frames import preprocess_frames
+    from haic_kernels.video.pyav import probe_video, read_frames
+    from haic_kernels.video.sampling import sample_frames
+
+    def stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:
+        d = (a.to(torch.int16) - b.to(torch.int16)).abs().flatten().numpy()
+        return round(float(d.mean()), 2), float(np.percentile(d, 99)), int(d.max())
+
+    info = probe_video(path)
+    idx = list(sample_frames(info.num_frames, info.fps, "uniform", max_frames=frames,
+                             timestamps=info.timestamps).indices)  # fmt: skip
+    (dali,) = DaliVideoDecoder("cpu", batch_size=1).decode([(path, idx)])
+    pyav = read_frames(path, idx, info=info).frames
+    return {
+        "full": stats(dali, pyav),
+        "resized": stats(preprocess_frames(dali, size), preprocess_frames(pyav, size)),
+    }

@@ -1,8 +1,8 @@
 """CogVLM2(-Video): configuration, the plain-PyTorch reference model, prompts and decoding.
 
-``reference`` is the oracle (stock torch modules, original checkpoint names); ``weights``
-reads and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by
-the reference and the fast model.
+``reference`` is the oracle (stock torch modules, original checkpoint names); ``fast`` runs the
+same model through haic_kernels ops (`FastCogVLM2`, the same stage methods); ``weights`` reads
+and writes HF-format checkpoints; ``prompt`` / ``generate`` / ``tokenizer`` are shared by both.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from .config import (
     count_parameters,
     get_config,
 )
-from .fast_model import FastCausalLMOutput, FastCogVLM2, swap_fast_modules
-from .fast_ragged import pad_prompts
-from .generate import greedy_generate
+from .fast import FastCausalLMOutput, FastCogVLM2, TokenBatch, pad_prompts
+from .generate import generate, greedy_generate, stream_generate
 from .prompt import PromptInputs, build_prompt, stack_prompts
 from .reference import (
     ATTN_IMPLS,
@@ -29,12 +28,15 @@ from .reference import (
     EVA2CLIPModel,
     KVCache,
     build_position_ids,
+    check_frames,
     init_random_weights,
     normalize_frames,
     set_attn_impl,
     vision_expert_mask,
 )
-from .tokenizer import ByteTokenizer
+from .sampling import Sampler, SamplingParams
+from .templates import resolve_template
+from .tokenizer import ByteTokenizer, load_tokenizer
 
 __all__ = [
     "ATTN_IMPLS",
@@ -51,18 +53,25 @@ __all__ = [
     "FastCogVLM2",
     "KVCache",
     "PromptInputs",
+    "Sampler",
+    "SamplingParams",
     "TextConfig",
+    "TokenBatch",
     "VisionConfig",
     "build_position_ids",
     "build_prompt",
+    "check_frames",
     "count_parameters",
+    "generate",
     "get_config",
     "greedy_generate",
     "init_random_weights",
+    "load_tokenizer",
     "normalize_frames",
     "pad_prompts",
+    "resolve_template",
     "set_attn_impl",
     "stack_prompts",
-    "swap_fast_modules",
+    "stream_generate",
     "vision_expert_mask",
 ]

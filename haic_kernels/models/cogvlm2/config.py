@@ -26,26 +26,36 @@ the released video models say ``max_position_embeddings: 2048`` and the image mo
 presets follow that for ``full``. The released image model runs its tower at 1344 px (9217
 positions, 2306 tokens per image); the ``image`` preset keeps 224 px so that all variants share
 the video kernels' shapes (``get_config("full", "image", vision={"image_size": 1344})`` gives the
-released tower). The image model lists two eos ids (128001, 128009); one is kept here.
+released tower). Stop ids are a tuple (``eos_token_ids``): the image release lists two (128001
+``<|end_of_text|>``, 128009 ``<|eot_id|>``) and generation stops on either.
+
+``template`` is what the checkpoint's ``config.json`` says (``template_version``); the template a
+run uses is chosen by `haic_kernels.models.cogvlm2.templates.resolve_template`, which follows the
+official demos and warns when it differs from this field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 PRESET_SIZES: tuple[str, ...] = ("tiny", "small", "full")
 VARIANTS: tuple[str, ...] = ("video-chat", "video-base", "image")
-TEMPLATES: tuple[str, ...] = ("chat", "base")
+# The release's three prompt templates (its ``_history_to_prompt``): "chat"
+# ("Question: .. Answer:"), "vqa" ("Question: .. Short answer:"), "base" (the raw query).
+TEMPLATES: tuple[str, ...] = ("chat", "base", "vqa")
+ROPE_PRECISIONS: tuple[str, ...] = ("release", "fp32")
 
-Template = Literal["chat", "base"]
+Template = Literal["chat", "base", "vqa"]
 
 
 def _check_positive(owner: str, **values: int | float) -> None:
+    # NaN compares False with everything and inf is positive: both must be named, not passed.
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ValueError(f"{owner}.{name} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{owner}.{name} must be a positive finite number, got {v!r}")
 
 
 def _check_int(owner: str, **values: Any) -> None:
@@ -126,6 +136,15 @@ class TextConfig:
     # RoPE pairs dims (i, i + D/2) ("rotate half", False) or (2i, 2i+1) (True). MODEL_SPEC marks
     # rotate-half as inferred (the release's rotary helper calls its kernel non-interleaved).
     rope_interleaved: bool = False
+    # How RoPE angles are computed - the single source for the reference and the fast model:
+    # "release": as the release does (``pos_idx_in_fp32=False``): positions, inv_freq and their
+    # product rounded to the model's dtype, so in bf16 the angles are bf16 (identical to "fp32" in
+    # an fp32 model); "fp32": angles in fp32 whatever the dtype (more accurate, not the release's).
+    rope_precision: Literal["release", "fp32"] = "release"
+    # Positions the model may use (prompt + new tokens); None: max_position_embeddings. The
+    # release never bounds positions (its RoPE cache grows on demand), so release configs set the
+    # Llama-3-8B context here even where config.json says max_position_embeddings 2048.
+    context_length: int | None = None
 
     def __post_init__(self) -> None:
         ints = dict(
@@ -138,10 +157,17 @@ class TextConfig:
             vocab_size=self.vocab_size,
             max_position_embeddings=self.max_position_embeddings,
         )
+        if self.context_length is not None:
+            ints["context_length"] = self.context_length
         _check_int("TextConfig", **ints)
         _check_positive(
             "TextConfig", rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta, **ints
         )
+        if self.rope_precision not in ROPE_PRECISIONS:
+            raise ValueError(
+                f"TextConfig.rope_precision must be one of {ROPE_PRECISIONS}, got "
+                f"{self.rope_precision!r}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"TextConfig.num_heads ({self.num_heads}) must be a multiple of "
@@ -159,6 +185,13 @@ class TextConfig:
                 f"TextConfig: num_heads * head_dim ({self.num_heads} * {self.head_dim}) must equal "
                 f"hidden_size ({self.hidden_size})"
             )
+
+    @property
+    def position_limit(self) -> int:
+        """Positions a sequence may reach (exclusive): ``context_length`` or, if unset,
+        ``max_position_embeddings``."""
+        limit = self.context_length
+        return limit if limit is not None else self.max_position_embeddings
 
     @property
     def gqa_ratio(self) -> int:
@@ -197,7 +230,8 @@ class CogVLM2Config:
     template: Template
     max_frames: int = 24
     bos_token_id: int
-    eos_token_id: int
+    # Every id here ends a sequence (config.json / generation_config.json may list several).
+    eos_token_ids: tuple[int, ...]
     pad_token_id: int
 
     def __post_init__(self) -> None:
@@ -223,21 +257,32 @@ class CogVLM2Config:
             adapter_intermediate_size=self.adapter_intermediate_size,
             max_frames=self.max_frames,
             bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
+        eos = self.eos_token_ids
+        if not isinstance(eos, tuple) or not eos:
+            raise ValueError(
+                f"CogVLM2Config.eos_token_ids must be a non-empty tuple of ints, got {eos!r}"
+            )
+        _check_int("CogVLM2Config", **{f"eos_token_ids[{i}]": v for i, v in enumerate(eos)})
         _check_positive(
             "CogVLM2Config",
             adapter_intermediate_size=self.adapter_intermediate_size,
             adapter_layer_norm_eps=self.adapter_layer_norm_eps,
             max_frames=self.max_frames,
         )
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            v = getattr(self, name)
+        ids = {"bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id}
+        ids.update({f"eos_token_ids[{i}]": v for i, v in enumerate(eos)})
+        for name, v in ids.items():
             if not 0 <= v < self.text.vocab_size:
                 raise ValueError(
                     f"CogVLM2Config.{name} ({v}) must be in [0, vocab_size={self.text.vocab_size})"
                 )
+
+    @property
+    def eos_token_id(self) -> int:
+        """The first stop id (the one HF configs list first). Stop on all of `eos_token_ids`."""
+        return self.eos_token_ids[0]
 
     @property
     def tokens_per_frame(self) -> int:
@@ -306,14 +351,14 @@ _TEXT: dict[str, dict[str, Any]] = {
 
 _TOP: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        adapter_intermediate_size=1024, bos_token_id=256, eos_token_id=257, pad_token_id=258
+        adapter_intermediate_size=1024, bos_token_id=256, eos_token_ids=(257,), pad_token_id=258
     ),
     "small": dict(
-        adapter_intermediate_size=3584, bos_token_id=128000, eos_token_id=128001,
+        adapter_intermediate_size=3584, bos_token_id=128000, eos_token_ids=(128001,),
         pad_token_id=128002,
     ),
     "full": dict(
-        adapter_intermediate_size=14336, bos_token_id=128000, eos_token_id=128001,
+        adapter_intermediate_size=14336, bos_token_id=128000, eos_token_ids=(128001,),
         pad_token_id=128002,
     ),
 }  # fmt: skip
@@ -338,10 +383,11 @@ def get_config(size: str = "tiny", variant: str = "video-chat", **overrides: Any
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     text_fields = dict(_TEXT[size])
-    # The released video configs say 2048, the image config 8192 (nothing in the model enforces
-    # it; here it bounds position ids).
+    # The released video configs say 2048, the image config 8192. The release enforces neither
+    # (its demos ask for 2048 new tokens), so positions are bounded by Llama-3-8B's 8192.
     if size == "full" and variant != "image":
         text_fields["max_position_embeddings"] = 2048
+        text_fields["context_length"] = 8192
     vision = VisionConfig(**_VISION[size])
     text = TextConfig(**text_fields)
 
@@ -363,5 +409,7 @@ def get_config(size: str = "tiny", variant: str = "video-chat", **overrides: Any
     fields: dict[str, Any] = dict(
         name=f"cogvlm2-{variant}-{size}", **_TOP[size], **_VARIANT[variant]
     )
+    if variant == "image" and size != "tiny":  # the image release also stops on <|eot_id|>
+        fields["eos_token_ids"] = (128001, 128009)
     fields.update(overrides)
     return CogVLM2Config(vision=vision, text=text, **fields)

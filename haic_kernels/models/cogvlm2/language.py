@@ -1,4 +1,4 @@
-"""The CogVLM2 language model pieces: positions, expert routing, KV cache, decoder layer.
+"""The CogVLM2 language model pieces: KV cache, decoder layer (token rules: `haic_kernels.tokens`).
 
 Names mirror the release (``model.layers.N.self_attn.language_expert_query_key_value``, ...).
 Per decoder layer (pre-norm)::
@@ -27,72 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
+from ...tokens import build_position_ids as build_position_ids  # the rules live in tokens.py
+from ...tokens import check_token_types as check_token_types
+from ...tokens import vision_expert_mask as vision_expert_mask
 from .config import CogVLM2Config
 from .vision import check_attn_impl
 
 # F.scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions repeat k/v.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
-
-
-# ---------------------------------------------------------------------------------------------
-# positions and routing
-
-
-def check_token_types(token_type_ids: torch.Tensor, name: str = "token_type_ids") -> None:
-    if not isinstance(token_type_ids, torch.Tensor) or token_type_ids.dtype.is_floating_point:
-        raise ValueError(f"{name} must be an integer tensor")
-    bad = (token_type_ids != LANGUAGE_TOKEN_TYPE) & (token_type_ids != VISION_TOKEN_TYPE)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{name} must hold only {LANGUAGE_TOKEN_TYPE} (language) and {VISION_TOKEN_TYPE} "
-            "(vision)"
-        )
-
-
-def build_position_ids(token_type_ids: torch.Tensor) -> torch.Tensor:
-    """Position ids from token types, the release's rule. [B, S] (or [S]) -> LongTensor, same shape.
-
-    1. The first and the last token of every run of vision tokens (boi and eoi) count as
-       language tokens (a run at the start or end of the sequence included).
-    2. The position advances by one on every language token and on the first vision token after
-       a language token; it is 0 at the first token (a cumulative sum from 0).
-
-    So a frame of 66 tokens between language tokens, after position p, gets boi = p+1, all 64
-    patch tokens p+2, eoi = p+3; a back-to-back run of frames shares one id for its inside.
-    """
-    check_token_types(token_type_ids)
-    squeeze = token_type_ids.dim() == 1
-    t = token_type_ids.unsqueeze(0) if squeeze else token_type_ids
-    if t.dim() != 2:
-        raise ValueError(f"token_type_ids must be [B, S] or [S], got {tuple(token_type_ids.shape)}")
-    vis = t == VISION_TOKEN_TYPE
-    if t.shape[1] == 0:
-        return torch.zeros_like(token_type_ids, dtype=torch.long)
-    lang = ~vis
-    true_col = torch.ones_like(vis[:, :1])
-    prev_lang = torch.cat([true_col, lang[:, :-1]], dim=1)  # a sequence start acts as language
-    next_lang = torch.cat([lang[:, 1:], true_col], dim=1)  # ... and so does its end
-    as_lang = lang | (vis & (prev_lang | next_lang))  # boi and eoi relabelled
-    prev_as_lang = torch.cat([true_col, as_lang[:, :-1]], dim=1)
-    step = as_lang | prev_as_lang  # language, or the first inside-vision token after one
-    step[:, 0] = False
-    pos = step.long().cumsum(dim=1)
-    return pos.squeeze(0) if squeeze else pos
-
-
-def vision_expert_mask(token_type_ids: torch.Tensor) -> torch.Tensor:
-    """[B, S] -> BoolTensor [B, S]: True where a token uses the vision expert.
-
-    A token is routed to the vision expert when it and the next token are vision tokens; the
-    last position of the sequence is always language (it has no next token).
-    """
-    check_token_types(token_type_ids)
-    if token_type_ids.dim() != 2:
-        raise ValueError(f"token_type_ids must be [B, S], got {tuple(token_type_ids.shape)}")
-    vis = token_type_ids == VISION_TOKEN_TYPE
-    mask = torch.zeros_like(vis)
-    mask[:, :-1] = vis[:, :-1] & vis[:, 1:]
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,22 +107,38 @@ class RMSNorm(nn.Module):
         return (self.weight.to(torch.float32) * h).to(x.dtype)
 
 
+def rope_inv_freq(
+    head_dim: int, theta: float, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """``1 / theta ** (arange(0, Dh, 2) / Dh)`` [Dh/2], each step in ``dtype``: the release's
+    buffer, built by HF under ``torch_dtype`` (in fp16 the large powers overflow: 0 there)."""
+    exponents = torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim
+    return 1.0 / (theta**exponents)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE with frequencies ``theta ** (-2i / Dh)``; rotate-half pairing unless ``interleaved``.
 
     ``inv_freq`` is a non-persistent fp32 buffer (kept fp32 under ``.to(dtype)``).
+    ``precision`` (``TextConfig.rope_precision``): "fp32" computes the angles ``pos * inv_freq``
+    in fp32 for every dtype; "release" computes them as the release does in a model of dtype
+    ``dtype`` (its rotary module has ``pos_idx_in_fp32=False``): the position, the ``inv_freq``
+    buffer - built as ``1 / theta ** (arange(0, Dh, 2) / Dh)`` in that dtype, as HF builds it under
+    ``torch_dtype`` - and their product are rounded to ``dtype``. In fp32 both are the same.
     """
 
-    def __init__(self, head_dim: int, theta: float, interleaved: bool = False) -> None:
+    def __init__(
+        self, head_dim: int, theta: float, interleaved: bool = False, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
         self.interleaved = interleaved
+        self.precision = precision
         self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
 
-    def _inv_freq(self, device: torch.device | None) -> torch.Tensor:
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
-        return 1.0 / (self.theta ** (exponents / self.head_dim))
+    def _inv_freq(self, device: torch.device | None, dtype: torch.dtype = torch.float32):
+        return rope_inv_freq(self.head_dim, self.theta, dtype, device)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         # model.to(bfloat16) would round inv_freq; rebuild it in fp32 wherever it now lives.
@@ -189,8 +147,14 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """position_ids [B, S] -> cos, sin [B, 1, S, Dh] in ``dtype`` (angles in fp32)."""
-        angles = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [B, S, Dh/2]
+        """position_ids [B, S] -> cos, sin [B, 1, S, Dh] in ``dtype``."""
+        if self.precision == "release" and dtype != torch.float32:
+            inv = self._inv_freq(position_ids.device, dtype)
+            # [B, S, Dh/2] in dtype; cos/sin of the dtype tensor, as the release takes them (its
+            # rounding of cos near +-1 is the dtype op's, not that of an fp32 cos rounded after)
+            angles = position_ids.to(dtype).unsqueeze(-1) * inv
+        else:
+            angles = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq
         if self.interleaved:
             angles = angles.repeat_interleave(2, dim=-1).unsqueeze(1)
         else:
@@ -264,7 +228,9 @@ class VisionExpertAttention(nn.Module):
         t = config.text
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
         self.split = (t.q_size, t.kv_size, t.kv_size)
-        self.rotary_emb = RotaryEmbedding(t.head_dim, t.rope_theta, t.rope_interleaved)
+        self.rotary_emb = RotaryEmbedding(
+            t.head_dim, t.rope_theta, t.rope_interleaved, t.rope_precision
+        )
         if config.vision_expert:
             self.vision_expert_query_key_value = nn.Linear(t.hidden_size, t.qkv_size, bias=True)
             self.vision_expert_dense = nn.Linear(t.q_size, t.hidden_size, bias=False)

@@ -1,23 +1,25 @@
-"""Prompt layout of CogVLM2-Video: where the frame tokens go and which text surrounds them.
+"""Prompt layout of CogVLM2(-Video): where the frame tokens go and which text surrounds them.
 
-Read from the release (``build_conversation_input_ids`` of the video model and the video demo,
-which passes ``template_version="chat"`` for cogvlm2-video-llama3-chat and ``"base"`` for
-cogvlm2-video-llama3-base)::
+The release's ``build_conversation_input_ids``, restated (video model, and the image model's of
+cogvlm2-llama3-chat-19B)::
 
-    chat:  [bos] (frame_0 "0") (frame_1 "1") ... (frame_{F-1} "F-1") "Question: {q} Answer:"
-    base:  [bos] frame_0 frame_1 ... frame_{F-1} "{q}"
+    video, chat:      [bos] (frame_0 "0") (frame_1 "1") ... (frame_{F-1} "F-1") text
+    video, base/vqa:  [bos] frame_0 frame_1 ... frame_{F-1} text
+    image (any):      [bos] image text            (no index after the single image)
+    no frames:        [bos] text
 
-where each frame is ``tokens_per_frame`` (66 at full size) copies of the placeholder id
-``config.pad_token_id`` with token type vision, and everything else is language. Each piece
-of text - every frame index and the question text - is tokenized on its own, without special
-tokens, as the release does (so a frame index never merges with its neighbours).
-With ``history`` (earlier turns), the chat text is
-``"Question: {q1} Answer: {a1}\\n" ... "Question: {q} Answer:"``, as the release's
-``_history_to_prompt``; the base template ignores history.
+where each frame (image) is ``tokens_per_frame`` copies of the placeholder id
+``config.pad_token_id`` (66 at 224 px, 2306 for the image release's 1344 px) with token type
+vision, everything else is language, and ``text`` is `templates.prompt_text` of the template,
+the query and the history (multi-turn: earlier (query, response) pairs, as the release takes
+them). Each piece of text - every frame index and the whole text - is tokenized on its own,
+without special tokens (``encode(..., add_special_tokens=False)``), as the release does, so a
+frame index never merges with its neighbours.
 
-Assumptions: the frame index is the frame's ordinal (0, 1, ...) - with the chat sampling policy
-of one frame per second it equals the second; the release's image model (single image) uses the
-same layout with one frame and no index.
+Assumption: the video release writes the time index only with the chat template (read from its
+code as ``add_time_indices = template_version == "chat"``; vqa on video is not exercised by its
+demos). The index is the frame's ordinal (0, 1, ...): with chat sampling (one frame per second)
+it equals the second.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from ...constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
 from .config import CogVLM2Config
+from .templates import check_template, prompt_text
 
 
 class Tokenizer(Protocol):
@@ -69,12 +72,6 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
     return [int(i) for i in ids]
 
 
-def chat_text(query: str, history: Sequence[tuple[str, str]] = ()) -> str:
-    """The chat template's text: earlier turns, then ``"Question: {query} Answer:"``."""
-    turns = "".join(f"Question: {q} Answer: {a}\n" for q, a in history)
-    return f"{turns}Question: {query} Answer:"
-
-
 def build_prompt(
     tokenizer: Tokenizer,
     query: str,
@@ -82,15 +79,20 @@ def build_prompt(
     config: CogVLM2Config,
     *,
     history: Sequence[tuple[str, str]] | None = None,
+    template: str | None = None,
 ) -> PromptInputs:
-    """Token ids and types for ``num_frames`` frames and ``query`` in ``config.template``.
+    """Token ids and types for ``num_frames`` frames and ``query``, laid out as the release does.
 
-    ``tokenizer`` is anything with ``encode(str) -> list[int]`` (a Hugging Face tokenizer is
-    called with ``add_special_tokens=False``). bos and the frame placeholder come from
-    ``config`` (``bos_token_id``, ``pad_token_id``), not from the tokenizer.
+    ``template``: "chat" | "base" | "vqa"; None takes ``config.template`` (pick it with
+    `templates.resolve_template`, as the demos do). ``history``: earlier (query, response) turns.
+    The image release takes 0 or 1 image (more are laid out back to back, without indices: no
+    release does that, the tests of the expert routing do). ``tokenizer`` is anything with
+    ``encode(str) -> list[int]`` (a Hugging Face tokenizer is called with
+    ``add_special_tokens=False``). bos and the frame placeholder come from ``config``
+    (``bos_token_id``, ``pad_token_id``), not from the tokenizer.
     """
-    if not isinstance(query, str):
-        raise ValueError(f"query must be a str, got {type(query).__name__}")
+    template = check_template(config.template if template is None else template)
+    text = prompt_text(template, query, history)
     if isinstance(num_frames, bool) or not isinstance(num_frames, int):
         raise ValueError(f"num_frames must be an int, got {num_frames!r}")
     if not 0 <= num_frames <= config.max_frames:
@@ -98,6 +100,7 @@ def build_prompt(
             f"num_frames must be in [0, max_frames={config.max_frames}], got {num_frames}"
         )
     tpf = config.tokens_per_frame
+    time_indices = template == "chat" and not config.vision_expert
     ids: list[int] = [config.bos_token_id]
     types: list[int] = [LANGUAGE_TOKEN_TYPE]
     slices: list[slice] = []
@@ -105,11 +108,10 @@ def build_prompt(
         slices.append(slice(len(ids), len(ids) + tpf))
         ids += [config.pad_token_id] * tpf
         types += [VISION_TOKEN_TYPE] * tpf
-        if config.template == "chat":
+        if time_indices:
             index_ids = _encode(tokenizer, str(f))
             ids += index_ids
             types += [LANGUAGE_TOKEN_TYPE] * len(index_ids)
-    text = chat_text(query, history or ()) if config.template == "chat" else query
     text_ids = _encode(tokenizer, text)
     start = len(ids)
     ids += text_ids

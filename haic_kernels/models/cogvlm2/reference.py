@@ -13,13 +13,17 @@ KV cache) in `language.py`; this module assembles them and re-exports the public
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...constants import VISION_TOKEN_TYPE
+from ...tokens import build_position_ids, check_token_types, vision_expert_mask
 from .config import CogVLM2Config
+from .generate import SamplerFn, generate, stream_generate
 from .language import (
     CogVLMDecoderLayer,
     KVCache,
@@ -28,10 +32,7 @@ from .language import (
     VisionExpertAttention,
     VisionExpertMLP,
     apply_rotary,
-    build_position_ids,
     causal_attention,
-    check_token_types,
-    vision_expert_mask,
 )
 from .vision import (
     ATTN_IMPLS,
@@ -40,6 +41,7 @@ from .vision import (
     PatchEmbedding,
     VisionAttention,
     check_attn_impl,
+    check_frames,
     normalize_frames,
 )
 
@@ -57,14 +59,48 @@ __all__ = [
     "RotaryEmbedding",
     "VisionExpertAttention",
     "VisionExpertMLP",
+    "VisionStages",
     "apply_rotary",
     "build_position_ids",
     "causal_attention",
+    "check_frames",
     "init_random_weights",
     "normalize_frames",
     "set_attn_impl",
     "vision_expert_mask",
 ]
+
+
+def _now(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def check_vision_inputs(
+    config: CogVLM2Config,
+    num_slots: int,
+    frames: torch.Tensor | None,
+    vision_embeds: torch.Tensor | None,
+) -> None:
+    """ValueError unless exactly what fills ``num_slots`` vision positions was given: frames
+    (``tokens_per_frame`` slots each) or vision_embeds (checked by `vision_embed_rows`)."""
+    tpf = config.tokens_per_frame
+    if frames is not None and vision_embeds is not None:
+        raise ValueError("pass frames or vision_embeds, not both")
+    if frames is not None:
+        check_frames(frames, config)
+        if frames.shape[0] * tpf != num_slots:
+            raise ValueError(
+                f"frames: {frames.shape[0]} frames give {frames.shape[0] * tpf} vision "
+                f"tokens ({tpf} per frame) but token_type_ids has {num_slots} vision slots"
+            )
+    elif vision_embeds is None and num_slots:
+        raise ValueError(
+            f"token_type_ids has {num_slots} vision slots but neither frames nor "
+            "vision_embeds was given"
+        )
 
 
 def vision_embed_rows(
@@ -118,8 +154,32 @@ class CogVLM2Model(nn.Module):
         self.vision = EVA2CLIPModel(config, attn_impl)
 
 
-class CogVLM2ForCausalLM(nn.Module):
-    """The whole model. ``attn_impl`` ("sdpa" | "eager") can be switched at any time."""
+class VisionStages:
+    """The vision stages of a CogVLM2 model, one definition for the reference and `FastCogVLM2`
+    (so callers never ask which they hold): each runs ``self.model.vision``'s stage."""
+
+    model: nn.Module
+
+    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (uint8 [N, H, W, 3] or normalized float [N, 3, H, W]) -> [N, 1 + P, Dv]."""
+        return self.model.vision.embed_patches(frames)
+
+    def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1 + P, Dv] -> [N, 1 + P, Dv] through every vision block."""
+        return self.model.vision.run_vision_tower(x)
+
+    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1 + P, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv, GLU adapter, boi/eoi."""
+        return self.model.vision.compress_and_adapt(x)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames -> [N, tokens_per_frame, Dt]: the three stages above."""
+        return self.model.vision(frames)
+
+
+class CogVLM2ForCausalLM(VisionStages, nn.Module):
+    """The whole model. ``attn_impl`` ("sdpa" | "eager") can be switched at any time; the
+    stages (`VisionStages`, ``forward``, ``generate``) are `FastCogVLM2`'s."""
 
     def __init__(self, config: CogVLM2Config, *, attn_impl: str = "sdpa") -> None:
         super().__init__()
@@ -139,9 +199,55 @@ class CogVLM2ForCausalLM(nn.Module):
         set_attn_impl(self, value)
         self._attn_impl = value
 
-    def encode_frames(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalized frames [N, 3, H, W] -> [N, tokens_per_frame, Dt] (vision tower + adapter)."""
-        return self.model.vision(images)
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        *,
+        vision_embeds: torch.Tensor | None = None,
+        max_new_tokens: int,
+        eos_token_id: int | Sequence[int] | None = None,
+        sampler: SamplerFn | None = None,
+        timings: dict | None = None,
+        **options,
+    ) -> torch.Tensor:
+        """New tokens [B, n_new] (`generate.generate` with a KV cache; ``sampler``: a
+        `sampling.Sampler`, None = greedy; ``options`` go to it). The fast model's signature.
+
+        ``timings`` (a dict) gets "prefill_s" (the first forward: the prompt), "decode_s" (the
+        rest) and "decode_tokens" (tokens produced after the first, over the batch)."""
+        marks = [_now(input_ids.device)] if timings is not None else []
+
+        def prefilled(*_: object) -> None:  # the first forward the loop makes: the prompt
+            if len(marks) == 1:
+                marks.append(_now(input_ids.device))
+
+        hook = self.register_forward_hook(prefilled)
+        try:
+            out = generate(self, input_ids, token_type_ids, frames, vision_embeds=vision_embeds,
+                           max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                           sampler=sampler, **options)  # fmt: skip
+        finally:
+            hook.remove()
+        if timings is not None:
+            end = _now(input_ids.device)
+            prefilled = marks[1] if len(marks) > 1 else end
+            timings["prefill_s"] = prefilled - marks[0]
+            timings["decode_s"] = end - prefilled
+            timings["decode_tokens"] = max(out.shape[1] - 1, 0) * out.shape[0]
+        return out
+
+    def stream(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        **options,
+    ) -> Iterator[torch.Tensor]:
+        """`generate`'s loop as an iterator (`generate.stream_generate`; ``options``: generate's
+        keywords but ``timings``): each step's new tokens int64 [B]. The fast model's signature."""
+        return stream_generate(self, input_ids, token_type_ids, frames, **options)
 
     # -----------------------------------------------------------------------------------------
 
@@ -215,35 +321,23 @@ class CogVLM2ForCausalLM(nn.Module):
     def _vision_rows(
         self,
         num_slots: int,
-        images: torch.Tensor | None,
+        frames: torch.Tensor | None,
         vision_embeds: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """The [num_slots, Dt] rows that fill the vision-type positions, in order."""
-        tpf, dt = self.config.tokens_per_frame, self.config.text.hidden_size
-        if images is not None and vision_embeds is not None:
-            raise ValueError("pass images or vision_embeds, not both")
-        if images is not None:
-            self.model.vision.check_images(images)
-            if images.shape[0] * tpf != num_slots:
-                raise ValueError(
-                    f"images: {images.shape[0]} frames give {images.shape[0] * tpf} vision "
-                    f"tokens ({tpf} per frame) but token_type_ids has {num_slots} vision slots"
-                )
-            return self.encode_frames(images).reshape(-1, dt) if num_slots else None
+        dt = self.config.text.hidden_size
+        check_vision_inputs(self.config, num_slots, frames, vision_embeds)
+        if frames is not None:
+            return self.encode_frames(frames).reshape(-1, dt) if num_slots else None
         if vision_embeds is not None:
             return vision_embed_rows(vision_embeds, dt, num_slots)
-        if num_slots:
-            raise ValueError(
-                f"token_type_ids has {num_slots} vision slots but neither images nor "
-                "vision_embeds was given"
-            )
         return None
 
     def forward(
         self,
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor,
-        images: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None,
         *,
         vision_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -254,10 +348,11 @@ class CogVLM2ForCausalLM(nn.Module):
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` [B, S] with types ``token_type_ids`` [B, S] (0 text, 1 vision).
 
-        ``images`` [B*F, 3, H, W] (normalized, see `normalize_frames`) are the frames of all
-        sequences in order; their tokens fill the vision-type slots in order (row-major over
-        [B, S]). ``vision_embeds`` ([N, tokens_per_frame, Dt] from ``encode_frames``, or the
-        flattened [num_vision_tokens, Dt]) may be given instead, e.g. after pruning.
+        ``frames`` [B*F, ...] (uint8 [N, H, W, 3], or normalized float [N, 3, H, W], see
+        `check_frames`) are the frames of all sequences in order; their tokens fill the
+        vision-type slots in order (row-major over [B, S]). ``vision_embeds`` ([N,
+        tokens_per_frame, Dt] from ``encode_frames``, or the flattened [num_vision_tokens, Dt])
+        may be given instead, e.g. after pruning.
         ``position_ids`` default to `build_position_ids` (continued from the cache's last
         position when ``past_key_values`` is given). With ``use_cache`` the returned
         ``past_key_values`` holds every layer's keys/values including this call's tokens.
@@ -275,7 +370,7 @@ class CogVLM2ForCausalLM(nn.Module):
         self._check_inputs(input_ids, token_type_ids, position_ids, past_key_values)
         kept_idx = self._check_keep(keep, keep_from_layer, input_ids.shape)
         vis = token_type_ids == VISION_TOKEN_TYPE
-        rows = self._vision_rows(int(vis.sum()), images, vision_embeds)
+        rows = self._vision_rows(int(vis.sum()), frames, vision_embeds)
 
         x = self.model.embed_tokens(input_ids)
         if rows is not None:
@@ -285,11 +380,11 @@ class CogVLM2ForCausalLM(nn.Module):
                 position_ids = build_position_ids(token_type_ids)
             else:
                 position_ids = past_key_values.continue_positions(token_type_ids)
-        max_pos = self.config.text.max_position_embeddings
+        max_pos = self.config.text.position_limit  # the release bounds no position: 8192 there
         if int(position_ids.max()) >= max_pos or int(position_ids.min()) < 0:
             raise ValueError(
-                f"position_ids: ids up to {int(position_ids.max())} exceed "
-                f"max_position_embeddings={max_pos} (input_ids too long for this config)"
+                f"position_ids: ids up to {int(position_ids.max())} exceed the {max_pos} "
+                "positions of this config (context_length, else max_position_embeddings)"
             )
         vision_mask = vision_expert_mask(token_type_ids) if self.config.vision_expert else None
 

@@ -53,6 +53,32 @@ def normalize_frames(frames_u8: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
+def check_frames(frames: object, config: CogVLM2Config, name: str = "frames") -> None:
+    """ValueError unless ``frames`` is uint8 [N, S, S, 3] (RGB, channels last, as decoded) or
+    normalized floating point [N, 3, S, S] (S = ``config.vision.image_size``)."""
+    v = config.vision
+    s = v.image_size
+    if not isinstance(frames, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(frames).__name__}")
+    if frames.dtype == torch.uint8:
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (s, s, 3):
+            raise ValueError(
+                f"{name}: uint8 frames must be [N, {s}, {s}, 3] (RGB, channels last), got "
+                f"{tuple(frames.shape)}"
+            )
+    elif frames.is_floating_point():
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (v.in_channels, s, s):
+            raise ValueError(
+                f"{name}: float frames must be normalized [N, {v.in_channels}, {s}, {s}] (see "
+                f"normalize_frames), got {tuple(frames.shape)}"
+            )
+    else:
+        raise ValueError(
+            f"{name} must be uint8 [N, H, W, 3] or normalized float [N, 3, H, W], got "
+            f"{frames.dtype}"
+        )
+
+
 class PatchEmbedding(nn.Module):
     def __init__(self, config: CogVLM2Config) -> None:
         super().__init__()
@@ -148,7 +174,8 @@ class GLU(nn.Module):
 
 
 class EVA2CLIPModel(nn.Module):
-    """Frames [N, 3, H, W] (normalized float) -> LM-ready tokens [N, tokens_per_frame, Dt]."""
+    """Frames (uint8 [N, H, W, 3] or normalized float [N, 3, H, W]) -> LM-ready tokens
+    [N, tokens_per_frame, Dt]."""
 
     def __init__(self, config: CogVLM2Config, attn_impl: str = "sdpa") -> None:
         super().__init__()
@@ -161,32 +188,19 @@ class EVA2CLIPModel(nn.Module):
         self.boi = nn.Parameter(torch.zeros(1, 1, dt))
         self.eoi = nn.Parameter(torch.zeros(1, 1, dt))
 
-    def check_images(self, images: torch.Tensor, name: str = "images") -> None:
-        v = self.config.vision
-        if not isinstance(images, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"{name} must be floating point (normalized frames, see normalize_frames), "
-                f"got {images.dtype}"
-            )
-        expected = (v.in_channels, v.image_size, v.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"{name} must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
-                f"got {tuple(images.shape)}"
-            )
+    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (see `check_frames`) -> [N, num_positions, Dv]: patches, CLS first, plus
+        learned positions. uint8 frames are normalized first (`normalize_frames`, fp32)."""
+        check_frames(frames, self.config)
+        if frames.dtype == torch.uint8:
+            frames = normalize_frames(frames)
+        return self.patch_embedding(frames.to(self.patch_embedding.proj.weight.dtype))
 
-    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> [N, num_positions, Dv]: patches, CLS first, plus learned positions."""
-        self.check_images(images)
-        return self.patch_embedding(images.to(self.patch_embedding.proj.weight.dtype))
-
-    def run_transformer(self, x: torch.Tensor) -> torch.Tensor:
+    def run_vision_tower(self, x: torch.Tensor) -> torch.Tensor:
         """[N, L, Dv] -> [N, L, Dv] through all blocks (no final norm)."""
         return self.transformer(x)
 
-    def compress(self, x: torch.Tensor) -> torch.Tensor:
+    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         """[N, num_positions, Dv] -> [N, tokens_per_frame, Dt]: drop CLS, 2x2 conv, GLU, boi/eoi."""
         v = self.config.vision
         if x.dim() != 3 or x.shape[1] != v.num_positions or x.shape[2] != v.hidden_size:
@@ -201,5 +215,5 @@ class EVA2CLIPModel(nn.Module):
         eoi = self.eoi.expand(n, -1, -1).to(y.dtype)
         return torch.cat([boi, y, eoi], dim=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.compress(self.run_transformer(self.embed_patches(images)))
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.compress_and_adapt(self.run_vision_tower(self.embed_patches(frames)))

@@ -24,6 +24,7 @@ import fnmatch
 import json
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,10 +49,21 @@ from .checkpoint_layout import (
     SAFE_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     CheckpointError,
+    CheckpointIndex,
     CheckpointNotFoundError,
+    TensorInfo,
     _listing,
+    check_device,
+    check_float_dtype,
+    resolve_checkpoint,
 )
-from .hf_config import EXTENSION_KEY, config_from_hf, config_to_hf, infer_vision_expert
+from .hf_config import (
+    EXTENSION_KEY,
+    config_from_hf,
+    config_to_hf,
+    infer_vision_expert,
+    read_config_dir,
+)
 from .save import parse_size, save_checkpoint
 
 # One public checkpoint API: file names and errors live in checkpoint_layout.py, the config.json
@@ -76,44 +88,10 @@ __all__ = [
     "load_state_dict_from_dir",
     "parameters_on_meta",
     "parse_size",
+    "read_config_dir",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as a safetensors header describes it (nothing is read from the data area)."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype | None  # None: a safetensors dtype this torch build has no name for
-    file: str
-
-    @property
-    def nbytes(self) -> int:
-        numel = 1
-        for s in self.shape:
-            numel *= s
-        return numel * (self.dtype.itemsize if self.dtype is not None else 0)
-
-
-@dataclass(frozen=True)
-class CheckpointIndex:
-    """What a checkpoint directory holds: each tensor's shape, dtype and file, from headers only."""
-
-    path: Path
-    tensors: dict[str, TensorInfo]
-    files: tuple[str, ...]  # file names relative to `path`, in reading order
-    sharded: bool
-
-    @property
-    def total_size(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-    def names_by_file(self) -> Iterator[tuple[str, list[str]]]:
-        by_file: dict[str, list[str]] = {f: [] for f in self.files}
-        for name, info in self.tensors.items():
-            by_file[info.file].append(name)
-        yield from by_file.items()
 
 
 @dataclass(frozen=True)
@@ -286,8 +264,9 @@ def load_state_dict_from_dir(
     about one tensor. ``dtype`` casts floating-point tensors only (integer and bool tensors keep
     theirs); ``None`` keeps the checkpoint's dtypes. Errors: see `inspect_checkpoint`.
     """
+    dtype = check_float_dtype(dtype)
+    dev = str(check_device(device))
     index = inspect_checkpoint(path)
-    dev = str(torch.device(device))
     out: dict[str, torch.Tensor] = {}
     for file, names in index.names_by_file():
         out.update(_read_file(index.path / file, names, dtype, dev))
@@ -357,8 +336,12 @@ def load_checkpoint(
     on ``meta`` is an error.
     """
     t0 = time.perf_counter()
+    dtype = check_float_dtype(dtype)
+    if device is not None:
+        device = check_device(device)
     index = path if isinstance(path, CheckpointIndex) else inspect_checkpoint(path)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    model_sd = model.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in model_sd.items()}
     ckpt = index.tensors
 
     ignored = [k for k in ckpt if _matches(k, ignore)]
@@ -394,6 +377,19 @@ def load_checkpoint(
         problems.append(
             f"{len(unexpected)} unexpected (in the checkpoint, not in the model):\n"
             + _listing([f"{k} {_shape(ckpt[k].shape)}" for k in unexpected])
+        )
+    # A float parameter stored as int32 / bool / an unknown tag would be cast silently (or
+    # assigned as is); refuse it, from the headers, before any data is read.
+    wrong_dtype = [
+        f"{k} ({ckpt[k].file}): {ckpt[k].dtype or 'unknown dtype'}, the model's is "
+        f"{model_sd[k].dtype}"
+        for k in to_load
+        if ckpt[k].dtype is None
+        or ckpt[k].dtype.is_floating_point != model_sd[k].is_floating_point()
+    ]
+    if wrong_dtype:
+        problems.append(
+            f"{len(wrong_dtype)} stored with a dtype of the wrong kind:\n" + _listing(wrong_dtype)
         )
     if mismatched:
         problems.append(
@@ -454,31 +450,51 @@ def load_checkpoint(
 def load_pretrained(
     path: str | os.PathLike[str],
     *,
-    dtype: torch.dtype | None = torch.bfloat16,
+    dtype: torch.dtype | str | None = torch.bfloat16,
     device: str | torch.device = "cpu",
     config: CogVLM2Config | None = None,
 ) -> CogVLM2ForCausalLM:
-    """The reference model with a checkpoint directory's weights, in eval mode on ``device``.
+    """The reference model with a checkpoint's weights, in eval mode on ``device``.
 
-    Reads ``config.json`` (`config_from_hf`, with the checkpoint's weight names for the
-    visual-expert inference) unless ``config`` is given, builds the model with
-    `parameters_on_meta` (no random init of 13-19B parameters), loads strictly with
-    `load_checkpoint` (floating-point weights cast to ``dtype``; ``None`` keeps the checkpoint's)
-    straight onto ``device``, then moves the buffers there too.
+    ``path``: a checkpoint directory, or a Hugging Face repo id resolved in the local HF cache
+    only (`resolve_checkpoint`). Reads ``config.json`` (+ ``generation_config.json``;
+    `read_config_dir`, with the checkpoint's weight names for the visual-expert inference) unless
+    ``config`` is given, builds the model with `parameters_on_meta` (no random init of 13-19B
+    parameters), loads strictly with `load_checkpoint` (floating-point weights cast to ``dtype``;
+    ``None`` keeps the checkpoint's) straight onto ``device``, then moves the buffers there too.
+    ``dtype`` and ``device`` are checked before anything is read.
     """
     from .reference import CogVLM2ForCausalLM
 
-    index = inspect_checkpoint(path)
+    dtype = check_float_dtype(dtype)
+    device = check_device(device)
+    index = inspect_checkpoint(resolve_checkpoint(path))
     if config is None:
-        cfg_file = index.path / CONFIG_NAME
-        if not cfg_file.is_file():
+        if not (index.path / CONFIG_NAME).is_file():
             raise CheckpointNotFoundError(f"no {CONFIG_NAME} in {index.path}; pass config=...")
-        try:
-            hf = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-        config = config_from_hf(hf, weight_names=index.tensors)
+        config = read_config_dir(index.path, weight_names=index.tensors)
+    _check_stored_inv_freq(index, config, dtype)
     with parameters_on_meta():
         model = CogVLM2ForCausalLM(config)
     load_checkpoint(model, index, strict=True, dtype=dtype, device=device)
     return model.to(device).eval()
+
+
+def _check_stored_inv_freq(index: CheckpointIndex, config: CogVLM2Config, dtype) -> None:
+    # HF loads a stored ``rotary_emb.inv_freq`` (the released video index lists one per layer)
+    # over the one it builds; haic always builds it from rope_theta. Say when they differ.
+    from .language import rope_inv_freq
+
+    name = next((n for n in index.tensors if n.endswith(".rotary_emb.inv_freq")), None)
+    if name is None or config.text.rope_precision != "release":
+        return
+    (_, stored), *_ = _read_file(index.path / index.tensors[name].file, [name], None, "cpu")
+    run_dtype = dtype or stored.dtype
+    ours = rope_inv_freq(config.text.head_dim, config.text.rope_theta, run_dtype)
+    if stored.shape != ours.shape or not torch.equal(stored.to(run_dtype), ours):
+        warnings.warn(
+            f"{index.path}: the stored {name} ({stored.dtype}) differs from the inv_freq haic "
+            f"builds from rope_theta in {run_dtype}; the release uses the stored one, so bf16 "
+            "RoPE angles (and tokens) may differ from the release's",
+            stacklevel=3,
+        )

@@ -1,16 +1,16 @@
-"""activation: bias + exact GELU, SiLU(gate) * up. Public functions, argument checks, backend
-choice and the ``haic_kernels::activation`` custom op. Backends are imported lazily."""
+"""activation: bias + exact GELU, SiLU(gate) * up. Public functions, argument checks and backend
+choice; the ``haic_kernels::activation`` custom op and its dispatch table live in ops.py."""
 
 from __future__ import annotations
 
 import torch
 
-from haic_kernels import backends
-from haic_kernels.ops._common import check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import check_no_grad, check_same_device, check_tensor
+from haic_kernels.ops.activation.ops import DISPATCH
 
 __all__ = ["BACKENDS", "DTYPES", "bias_gelu", "silu_mul"]
 
-CHOICES = ("torch", "triton", "liger")
+CHOICES = DISPATCH.choices
 BACKENDS = ("auto", *CHOICES)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -79,48 +79,15 @@ def silu_mul(
 
 
 def _run(kind: str, a: torch.Tensor, b: torch.Tensor | None, backend: str) -> torch.Tensor:
-    if torch.is_grad_enabled() and (a.requires_grad or (b is not None and b.requires_grad)):
-        raise RuntimeError("activation ops have no backward: call them under torch.no_grad()")
-    chosen = resolve_backend("activation", backend, a.device, choices=CHOICES,
-                             auto_order=("triton",))  # fmt: skip
-    if chosen == "liger":
-        if kind != "silu_mul":
-            raise ValueError("backend: 'liger' serves silu_mul only")
-        backends.require_on("liger", a.device)
+    if kind == "gelu":
+        check_no_grad("bias_gelu", x=a, bias=b)
+    else:
+        check_no_grad("silu_mul", gate=a, up=b)
+    if backend == "liger" and kind != "silu_mul":  # no device makes this call expressible
+        raise ValueError("backend: 'liger' serves silu_mul only")
+    chosen = DISPATCH.resolve(backend, a.device)
     n = a.shape[-1]
     a2 = a.reshape(-1, n)
     b2 = b.reshape(-1, n) if kind == "silu_mul" else b
     out = torch.ops.haic_kernels.activation(a2, b2, kind, chosen)
     return out.view(*a.shape[:-1], n)
-
-
-def _new_output(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-@torch.library.custom_op("haic_kernels::activation", mutates_args=())
-def _activation_op(
-    a: torch.Tensor, b: torch.Tensor | None, kind: str, backend: str
-) -> torch.Tensor:
-    """a [T, N] -> [T, N]: ``gelu(a + b)`` (b a bias [N] or None) or ``silu(a) * b`` (b [T, N])."""
-    if backend == "torch":
-        from haic_kernels.ops.activation.reference import activation_reference
-
-        return activation_reference(a, b, kind)
-    if backend == "liger":
-        from haic_kernels.ops.activation.liger import silu_mul_liger
-
-        return silu_mul_liger(a, b)
-    if backend != "triton":
-        raise ValueError(f"backend: expected one of {CHOICES}, got {backend!r}")
-    from haic_kernels.ops.activation.triton import activation_triton
-
-    out = _new_output(tuple(a.shape), a.dtype, a.device)
-    activation_triton(a, b, out, kind)
-    return out
-
-
-@_activation_op.register_fake
-def _activation_fake(a, b, kind, backend):
-    return a.new_empty(a.shape)

@@ -1,6 +1,8 @@
 """attention: flash-style attention with GQA, causal / full / frame-block masks, varlen batches,
-key scores for token pruning, and a decode path. See `attention` for the contract."""
+key scores for token pruning (`attention`), and new tokens against a KV cache
+(`attention_with_kvcache`). See each function for the contract."""
 
-from haic_kernels.ops.attention.api import attention
+from haic_kernels.ops.attention.api import AttentionOutput, attention
+from haic_kernels.ops.attention.kvcache import attention_with_kvcache
 
-__all__ = ["attention"]
+__all__ = ["AttentionOutput", "attention", "attention_with_kvcache"]

@@ -1,27 +1,47 @@
 """attention: flash-style multi-head attention (GQA, causal / full / frame blocks, varlen, decode).
 
-Public function, argument checks and backend choice. The ``haic_kernels::attention`` custom op
-(and its fake kernel) lives in ``dispatch.py``; backends are imported lazily, on first use.
+The public function and its result type: argument checks and backend choice. The
+``haic_kernels::attention`` custom op and its dispatch table live in ops.py; decode against a
+KV cache has its own public function in kvcache.py.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
+from typing import NamedTuple
 
 import torch
 
-from haic_kernels.ops._common import check_same_device, check_tensor, resolve_backend
-from haic_kernels.ops.attention import dispatch  # noqa: F401  (registers the custom op)
+from haic_kernels.ops._common import (
+    check_bool,
+    check_cu_seqlens,
+    check_float,
+    check_max_seqlen,
+    check_no_grad,
+    check_same_device,
+    check_tensor,
+    check_values,
+)
+from haic_kernels.ops.attention.ops import DISPATCH
 
-__all__ = ["BACKENDS", "DTYPES", "FAST_HEAD_DIMS", "attention"]
+__all__ = ["BACKENDS", "DTYPES", "FAST_HEAD_DIMS", "AttentionOutput", "attention"]
 
-CHOICES = ("torch", "sdpa", "triton", "flash_attn", "cuda")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Head dims the fast backends (triton, cuda) are built and tested for: 64 (generic), 112 (the
 # EVA2-CLIP vision tower), 128 (the LM). The reference and sdpa paths take any head dim.
 FAST_HEAD_DIMS = (64, 112, 128)
+
+
+class AttentionOutput(NamedTuple):
+    """What `attention` returns when an extra is asked for (the others are None).
+
+    ``out``: shape and dtype of q. ``lse``: float32 ``[B, Hq, Sq]`` (packed ``[Hq, Tq]``), with
+    ``return_lse``. ``key_scores``: float32 ``[B, Sk]`` (packed ``[Tk]``), with ``key_scores``.
+    """
+
+    out: torch.Tensor
+    lse: torch.Tensor | None = None
+    key_scores: torch.Tensor | None = None
 
 
 def attention(
@@ -38,21 +58,30 @@ def attention(
     return_lse: bool = False,
     key_scores: torch.Tensor | None = None,
     backend: str = "auto",
-):
+) -> torch.Tensor | AttentionOutput:
     """Softmax attention ``softmax(q k^T * scale + mask) v``, flash-attn layout, no S x S matrix.
 
     Layouts (``Hq % Hkv == 0``; GQA: KV head ``j`` serves query heads ``j*r .. j*r+r-1``,
     ``r = Hq / Hkv``):
 
     - padded: ``q [B, Sq, Hq, D]``, ``k, v [B, Sk, Hkv, D]``;
-    - packed (varlen): ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` with ``cu_seqlens`` int32
-      ``[B+1]`` (0, then non-decreasing, last = Tq) giving sequence ``b`` the query rows
+    - packed (varlen): ``q [Tq, Hq, D]``, ``k, v [Tk, Hkv, D]`` with ``cu_seqlens`` (integer
+      ``[B+1]``: 0, then non-decreasing, last = Tq) giving sequence ``b`` the query rows
       ``cu_seqlens[b] : cu_seqlens[b+1]``; ``cu_seqlens_k`` (default: ``cu_seqlens``) does the
       same for the keys. ``max_seqlen`` (optional) is the longest query sequence, to save a
-      device-to-host read of ``cu_seqlens``.
+      device-to-host read of ``cu_seqlens`` on a GPU. Both are checked, never trusted: on CPU
+      eagerly (ValueError), on CUDA by asynchronous device asserts (no host sync), while the
+      kernels clamp every boundary and cover sequences longer than ``max_seqlen``.
 
     dtypes: float16 / bfloat16 (float32 is accepted too, for CPU tests); q, k, v share dtype and
-    device. Head dim ``D``: any for "torch" and "sdpa", one of 64, 112, 128 for "triton"/"cuda".
+    device; any strides (a head dim that is not contiguous costs a copy). Head dim ``D``: any
+    >= 1 for "torch" and "sdpa", one of 64, 112, 128 for "triton"/"cuda". Zero-size batches,
+    sequences and heads give empty results.
+
+    Non-finite values, the same on every backend: a key the mask hides never contributes to a
+    row, whatever its K and V hold (NaN, Inf). Visible ones propagate: a visible key with a
+    non-finite K row, or a row of q that is non-finite, makes that output row non-finite (NaN,
+    and its lse NaN or +inf); a visible non-finite ``v[j, d]`` makes ``out[i, d]`` non-finite.
 
     Masks, per sequence, for query ``i`` (of ``Sq``) and key ``j`` (of ``Sk``):
 
@@ -104,155 +133,118 @@ def attention(
             `BackendUnavailable` (or ValueError when it cannot express the call).
 
     Returns:
-        ``out`` (shape and dtype of ``q``); ``(out, lse)`` with ``return_lse``; ``(out, scores)``
-        with ``key_scores``; ``(out, lse, scores)`` with both.
+        ``out`` (shape and dtype of ``q``, contiguous) when no extra is asked for; otherwise one
+        `AttentionOutput` ``(out, lse, key_scores)`` with the extras not asked for set to None.
 
     Gradients: none (inference op); inputs that require grad under autograd raise RuntimeError.
 
     Registered as ``torch.ops.haic_kernels.attention`` (with a fake kernel), so
     ``torch.compile(fullgraph=True)`` traces through it.
     """
-    packed = _check_qkv(q, k, v, cu_seqlens)
-    cu_k = _check_cu_seqlens(q, k, cu_seqlens, cu_seqlens_k) if packed else None
-    cu_q = cu_seqlens
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal: expected a bool, got {causal!r}")
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"return_lse: expected a bool, got {return_lse!r}")
-    d = q.shape[-1]
-    if scale is None:
-        scale = d**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float, got {scale!r}")
-    scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: expected a finite float > 0, got {scale}")
-    if max_seqlen is not None:
-        if not packed:
-            raise ValueError("max_seqlen: only meaningful with cu_seqlens (the packed layout)")
-        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
-            raise TypeError(f"max_seqlen: expected an int >= 0 or None, got {max_seqlen!r}")
-    block_ids = _check_block_ids(q, k, block_ids, causal, packed, cu_q, cu_seqlens_k)
-    _check_key_scores(q, key_scores, packed)
-    check_same_device(
-        q=q, k=k, v=v, cu_seqlens=cu_q, cu_seqlens_k=cu_seqlens_k, block_ids=block_ids,
-        key_scores=key_scores,
-    )  # fmt: skip
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError(
-            "attention: no backward pass (inference op); q, k or v requires grad - call it "
-            "under torch.no_grad() / torch.inference_mode(), or .detach() the inputs"
-        )
-    chosen = _resolve_backend(backend, q, k, packed, cu_q, block_ids, key_scores)
+    q, k, v, packed = check_qkv(q, k, v, packed=cu_seqlens is not None)
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    scale = check_scale(scale, q)
+    cu_q = cu_k = None
+    max_q = max_k = 0
+    if packed:
+        cu_q, cu_k, max_q, max_k = _check_packed(q, k, cu_seqlens, cu_seqlens_k, max_seqlen)
+    elif max_seqlen is not None:
+        raise ValueError("max_seqlen: only meaningful with cu_seqlens (the packed layout)")
+    elif cu_seqlens_k is not None:
+        raise ValueError("cu_seqlens_k: only with cu_seqlens (the packed layout)")
+    block_ids = _check_block_ids(q, k, block_ids, causal, packed, cu_q, cu_k)
+    key_scores = _check_key_scores(q, key_scores, packed)
+    check_same_device(q=q, k=k, v=v, block_ids=block_ids, key_scores=key_scores)
+    check_no_grad("attention", q=q, k=k, v=v)
+    decode = q.shape[1] == 1 if not packed else (q.shape[0] == cu_q.numel() - 1 and max_q <= 1)
+    chosen = _choose_backend(backend, q, decode, block_ids, key_scores)
     out, lse, scores = torch.ops.haic_kernels.attention(
-        q, k, v, cu_q, cu_k, block_ids, key_scores, causal, scale,
-        max_seqlen, return_lse, chosen,
+        q, k, v, cu_q, cu_k, block_ids, key_scores, causal, scale, max_q, max_k, return_lse,
+        chosen,
     )  # fmt: skip
     if key_scores is None and not return_lse:
         return out
-    if key_scores is None:
-        return out, lse
-    if not return_lse:
-        return out, scores
-    return out, lse, scores
+    return AttentionOutput(
+        out, lse if return_lse else None, scores if key_scores is not None else None
+    )
 
 
-# ---- argument checks ----------------------------------------------------------------------------
+# ---- argument checks (shared with kvcache.py) ---------------------------------------------------
 
 
-def _check_qkv(q: object, k: object, v: object, cu_seqlens: object) -> bool:
-    """Shapes, dtypes and head counts of q, k, v; returns whether the layout is packed."""
-    packed = cu_seqlens is not None
+def check_qkv(
+    q: object, k: object, v: object, *, packed: bool, names: tuple[str, str, str] = ("q", "k", "v")
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Shapes, dtypes, devices and head counts of q, k, v (unit head-dim stride on return)."""
     dims = 3 if packed else 4
     hint = "[T, H, D] (packed, with cu_seqlens)" if packed else "[B, S, H, D]"
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    nq, nk, nv = names
+    out = []
+    for name, t in zip(names, (q, k, v)):
         check_tensor(name, t, dtypes=DTYPES)
         if t.dim() != dims:  # type: ignore[union-attr]
-            extra = (
-                "; a 3-dim q needs cu_seqlens (packed layout)"
-                if not packed and t.dim() == 3  # type: ignore[union-attr]
-                else ""
-            )
+            extra = "; a 3-dim q needs cu_seqlens (packed layout)" if t.dim() == 3 else ""  # type: ignore[union-attr]
             raise ValueError(
                 f"{name}: expected {dims} dims {hint}, got shape {tuple(t.shape)}{extra}"  # type: ignore[union-attr]
             )
-    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)
-    assert isinstance(v, torch.Tensor)
-    for name, t in (("k", k), ("v", v)):
+        out.append(check_tensor(name, t, layout="rows"))
+    q, k, v = out
+    check_same_device(**{nq: q, nk: k, nv: v})
+    for name, t in ((nk, k), (nv, v)):
         if t.dtype != q.dtype:
-            raise TypeError(f"{name}: expected dtype {q.dtype} (that of q), got {t.dtype}")
+            raise TypeError(f"{name}: expected dtype {q.dtype} (that of {nq}), got {t.dtype}")
     if v.shape != k.shape:
-        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+        raise ValueError(f"{nv}: expected the shape of {nk} {tuple(k.shape)}, got {tuple(v.shape)}")
     if not packed and k.shape[0] != q.shape[0]:
-        raise ValueError(f"k: expected batch {q.shape[0]} (that of q), got shape {tuple(k.shape)}")
+        raise ValueError(
+            f"{nk}: expected batch {q.shape[0]} (that of {nq}), got shape {tuple(k.shape)}"
+        )
+    if q.shape[-1] == 0:
+        raise ValueError(f"{nq}: head dim must be >= 1, got shape {tuple(q.shape)}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(
-            f"k: expected head dim {q.shape[-1]} (that of q), got shape {tuple(k.shape)}"
+            f"{nk}: expected head dim {q.shape[-1]} (that of {nq}), got shape {tuple(k.shape)}"
         )
     hq, hkv = q.shape[-2], k.shape[-2]
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(
-            f"k: the number of query heads ({hq}) must be a multiple of the number of KV heads "
-            f"({hkv}) (GQA)"
+            f"{nk}: the number of query heads ({hq}) must be a multiple of the number of KV "
+            f"heads ({hkv}) (GQA)"
         )
-    if q.shape[-1] == 0:
-        raise ValueError(f"q: head dim must be >= 1, got shape {tuple(q.shape)}")
-    return packed
+    return q, k, v, packed
 
 
-def _check_one_cu(name: str, cu: object, total: int, what: str) -> torch.Tensor:
-    check_tensor(name, cu, dims=1, shape_hint="[B+1]")
-    assert isinstance(cu, torch.Tensor)
-    if cu.dtype != torch.int32:
-        raise TypeError(f"{name}: expected dtype torch.int32, got {cu.dtype}")
-    if cu.numel() < 2:
-        raise ValueError(f"{name}: expected [B+1] entries with B >= 1, got {cu.numel()}")
-    if not torch.compiler.is_compiling():  # value checks read the device; skipped when tracing
-        vals = cu.tolist()
-        if vals[0] != 0:
-            raise ValueError(f"{name}: must start at 0, got {vals[0]}")
-        if any(b < a for a, b in itertools.pairwise(vals)):
-            raise ValueError(f"{name}: must be non-decreasing (cumulative lengths), got {vals}")
-        if vals[-1] != total:
-            raise ValueError(
-                f"{name}: the last entry must equal the number of {what} rows ({total}), "
-                f"got {vals[-1]}"
-            )
-    return cu
+def check_scale(scale: object, q: torch.Tensor) -> float:
+    """``scale`` (default ``D ** -0.5``): a finite float > 0."""
+    return check_float("scale", q.shape[-1] ** -0.5 if scale is None else scale, positive=True)
 
 
-def _check_cu_seqlens(
-    q: torch.Tensor, k: torch.Tensor, cu_seqlens: object, cu_seqlens_k: object
-) -> torch.Tensor:
-    cu_q = _check_one_cu("cu_seqlens", cu_seqlens, q.shape[0], "q")
+def _check_packed(q, k, cu_seqlens, cu_seqlens_k, max_seqlen):
+    """(cu_q, cu_k, max_q, max_k) of the packed layout, by the one cu_seqlens rule."""
+    cu_q = check_cu_seqlens("cu_seqlens", cu_seqlens, q.shape[0], q.device, what="query rows")
+    max_q = check_max_seqlen("max_seqlen", max_seqlen, cu_q, q.shape[0])
     if cu_seqlens_k is None:
         if k.shape[0] != q.shape[0]:
             raise ValueError(
                 f"cu_seqlens_k: needed when k has a different number of rows ({k.shape[0]}) "
                 f"than q ({q.shape[0]})"
             )
-        return cu_q
-    cu_k = _check_one_cu("cu_seqlens_k", cu_seqlens_k, k.shape[0], "k")
+        return cu_q, cu_q, max_q, max_q
+    cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device, what="key rows")
     if cu_k.numel() != cu_q.numel():
         raise ValueError(
             f"cu_seqlens_k: expected {cu_q.numel()} entries (as cu_seqlens), got {cu_k.numel()}"
         )
-    return cu_k
+    # Only a launch-size hint for the key-scores pass: no host read for it.
+    max_k = check_max_seqlen("cu_seqlens_k", None, cu_k, k.shape[0], sync=False)
+    return cu_q, cu_k, max_q, max_k
 
 
-def _check_block_ids(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    block_ids: object,
-    causal: bool,
-    packed: bool,
-    cu_q: torch.Tensor | None,
-    cu_k: object,
-) -> torch.Tensor | None:
+def _check_block_ids(q, k, block_ids, causal, packed, cu_q, cu_k) -> torch.Tensor | None:
     if block_ids is None:
         return None
-    check_tensor("block_ids", block_ids, dtypes=(torch.int32, torch.int64))
-    assert isinstance(block_ids, torch.Tensor)
+    check_tensor("block_ids", block_ids, dtypes=(torch.int32, torch.int64), device=q.device)
     if not causal:
         raise ValueError(
             "block_ids: only with causal=True (with causal=False every key is visible already)"
@@ -260,9 +252,8 @@ def _check_block_ids(
     if packed:
         if k.shape[0] != q.shape[0]:
             raise ValueError("block_ids: needs the same query and key rows (Tq == Tk)")
-        same = cu_k is None or cu_k is cu_q or torch.compiler.is_compiling()
-        if not same and not torch.equal(cu_k, cu_q):  # type: ignore[arg-type]
-            raise ValueError("block_ids: needs cu_seqlens_k equal to cu_seqlens")
+        if cu_k is not cu_q:
+            check_values(cu_k == cu_q, "block_ids: needs cu_seqlens_k equal to cu_seqlens")
         want = (q.shape[0],)
     else:
         if k.shape[1] != q.shape[1]:
@@ -276,37 +267,25 @@ def _check_block_ids(
     return block_ids.to(torch.int32).contiguous()
 
 
-def _check_key_scores(q: torch.Tensor, key_scores: object, packed: bool) -> None:
+def _check_key_scores(q, key_scores, packed) -> torch.Tensor | None:
     if key_scores is None:
-        return
-    check_tensor("key_scores", key_scores, dtypes=(torch.bool,))
-    assert isinstance(key_scores, torch.Tensor)
+        return None
+    check_tensor("key_scores", key_scores, dtypes=(torch.bool,), device=q.device)
     want = (q.shape[0],) if packed else (q.shape[0], q.shape[1])
     if tuple(key_scores.shape) != want:
         raise ValueError(
             f"key_scores: expected a bool mask of shape {want} (query rows), "
             f"got {tuple(key_scores.shape)}"
         )
+    return key_scores.contiguous()
 
 
 # ---- backend choice -----------------------------------------------------------------------------
 
 
-def _is_decode(q: torch.Tensor, packed: bool, cu_q: torch.Tensor | None) -> bool:
-    """One query row per sequence (the CUDA decode kernel's shape)."""
-    if not packed:
-        return q.shape[1] == 1
-    if q.shape[0] != cu_q.numel() - 1:  # type: ignore[union-attr]
-        return False
-    if torch.compiler.is_compiling():
-        return False  # cannot read cu_seqlens while tracing: leave decode to the explicit backend
-    return bool((cu_q.diff() == 1).all())  # type: ignore[union-attr]
-
-
 def unsupported_reason(
     backend: str,
     q: torch.Tensor,
-    packed: bool,
     decode: bool,
     block_ids: torch.Tensor | None,
     key_scores: torch.Tensor | None,
@@ -330,29 +309,21 @@ def unsupported_reason(
     return None
 
 
-def _resolve_backend(
-    backend: str,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    packed: bool,
-    cu_q: torch.Tensor | None,
-    block_ids: torch.Tensor | None,
-    key_scores: torch.Tensor | None,
-) -> str:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    decode = _is_decode(q, packed, cu_q) if backend in ("auto", "cuda") else False
-    if backend != "auto":
-        resolve_backend("attention", backend, q.device, choices=CHOICES, auto_order=())
-        why = unsupported_reason(backend, q, packed, decode, block_ids, key_scores)
-        if why is not None:
-            raise ValueError(f"backend: {backend!r} cannot run this call: {why}")
-        return backend
-    order = ("cuda", "triton") if decode else ("triton", "flash_attn")
-    order = tuple(
-        b for b in order if unsupported_reason(b, q, packed, decode, block_ids, key_scores) is None
-    )
+def _resolve_backend(backend, q, k, packed, cu_q, block_ids, key_scores) -> str:
+    """The backend `attention` would run for these arguments (what the dispatch tests ask).
+    Packed calls count as decode when every sequence has one query row; that reads
+    ``cu_seqlens`` (a host sync on CUDA), so the op itself decides from ``max_seqlen``."""
+    decode = q.shape[1] == 1
+    if packed:
+        decode = q.shape[0] == cu_q.numel() - 1 and bool((cu_q.diff() == 1).all())
+    return _choose_backend(backend, q, decode, block_ids, key_scores)
+
+
+def _choose_backend(backend, q, decode, block_ids, key_scores) -> str:
+    def why(name: str) -> str | None:
+        if backend == "auto" and decode and name == "flash_attn":
+            return "auto sends decode shapes to cuda, then triton"
+        return unsupported_reason(name, q, decode, block_ids, key_scores)
+
     fallback = "sdpa" if q.device.type == "cuda" else "torch"
-    return resolve_backend(
-        "attention", "auto", q.device, choices=CHOICES, auto_order=order, fallback=fallback
-    )
+    return DISPATCH.resolve(backend, q.device, unsupported=why, fallback=fallback)

@@ -2,7 +2,8 @@
 
 Materializes the ``[H, Sq, Sk]`` logits of one sequence at a time, so it is for tests and small
 shapes. The mask is built from ``tril`` and an id-equality matrix, independently of the index
-arithmetic of the fast kernels.
+arithmetic of the fast kernels. Non-finite values follow `haic_kernels.attention`'s rule (see
+`_one_sequence`).
 """
 
 from __future__ import annotations
@@ -35,17 +36,26 @@ def _one_sequence(q, k, v, causal, ids, chosen, scale, compute_dtype):
     qc, kc, vc = (t.to(compute_dtype) for t in (q, k, v))
     kc = kc.repeat_interleave(r, dim=1)  # kv head j serves query heads j*r .. j*r+r-1
     vc = vc.repeat_interleave(r, dim=1)
-    logits = torch.einsum("ihd,jhd->hij", qc, kc) * scale
     mask = reference_mask(sq, sk, causal, ids, q.device)
-    logits = logits.masked_fill(~mask, float("-inf"))
+    logits = torch.einsum("ihd,jhd->hij", qc, kc) * scale
+    logits = logits.masked_fill(~mask, float("-inf"))  # a hidden key's NaN is overwritten
+    # The rule for non-finite inputs: a row that sees a key is NaN when its q, or the K row of
+    # any key it sees, holds NaN/Inf; out[i, d] is NaN when a key row i sees has a bad v[j, d].
+    m = mask.to(compute_dtype)
+    bad_k = (~torch.isfinite(kc)).any(-1).to(compute_dtype)  # [Sk, Hq]
+    bad_row = (torch.einsum("ij,jh->hi", m, bad_k) > 0) | (~torch.isfinite(qc)).any(-1).t()
+    bad_row = bad_row & mask.any(-1)[None]  # [Hq, Sq]; a row that sees nothing stays 0
     lse = torch.logsumexp(logits, dim=-1)  # -inf for rows that see nothing
-    seen = torch.isfinite(lse)
-    probs = torch.exp(logits - torch.where(seen, lse, 0)[..., None])
-    probs = torch.where(seen[..., None] & mask, probs, 0)
-    out = torch.einsum("hij,jhd->ihd", probs, vc)
+    lse = lse.masked_fill(bad_row, float("nan"))
+    probs = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0)[..., None])
+    probs = torch.where(mask, probs, 0).masked_fill(bad_row[..., None] & mask, float("nan"))
+    bad_v = ~torch.isfinite(vc)
+    out = torch.einsum("hij,jhd->ihd", probs, vc.masked_fill(bad_v, 0))  # 0 * NaN would leak
+    reached = torch.einsum("ij,jhd->ihd", m, bad_v.to(compute_dtype)) > 0
+    out = out.masked_fill(reached, float("nan"))
     mass = None
     if chosen is not None:
-        mass = (probs * chosen[None, :, None].to(probs.dtype)).sum(dim=(0, 1))
+        mass = torch.where(chosen[None, :, None], probs, 0).sum(dim=(0, 1))  # not 0 * NaN
     return out, lse, mass
 
 

@@ -1,11 +1,18 @@
 """attention in Triton: a flash-attention-2 style forward pass and the key-scores pass.
 
 Runs on CUDA tensors, or on CPU tensors under the interpreter (TRITON_INTERPRET=1 set before this
-module is imported). Imported lazily by dispatch.py; never imports the reference.
+module is imported). Imported lazily by ops.py; never imports the reference.
 
 One kernel serves every layout: a token row of sequence ``b`` lives at
 ``ptr + b*stride_b + (start + t)*stride_t + h*stride_h``, with ``stride_b = 0`` and ``start`` read
-from ``cu_seqlens`` for the packed layout, ``start = 0`` for the padded one.
+from ``cu_seqlens`` for the packed layout, ``start = 0`` for the padded one (whose key lengths
+may come per sequence, ``seqused_k``, for a KV cache).
+
+Metadata is never trusted to stay in bounds: sequence boundaries are clamped into the rows that
+exist, and the grid's query (key) blocks come from ``max_seqlen``, a hint: programs stride over
+the blocks of longer sequences. Values: a key the mask hides never contributes, even when it
+holds NaN or Inf (the masked tiles keep non-finite V entries out of the P @ V product and mark
+the rows that do see them); visible non-finite values make the output non-finite.
 """
 
 from __future__ import annotations
@@ -39,11 +46,11 @@ _LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _seq_bounds(cu_ptr, b, seqlen, VARLEN: tl.constexpr):
-    """(first row, length) of sequence ``b``."""
+def _seq_bounds(cu_ptr, b, seqlen, total, VARLEN: tl.constexpr):
+    """(first row, length) of sequence ``b``; packed boundaries clamped into [0, total]."""
     if VARLEN:
-        start = tl.load(cu_ptr + b)
-        length = tl.load(cu_ptr + b + 1) - start
+        start = tl.minimum(tl.maximum(tl.load(cu_ptr + b), 0), total)
+        length = tl.minimum(tl.maximum(tl.load(cu_ptr + b + 1), start), total) - start
     else:
         start = 0
         length = seqlen
@@ -65,20 +72,25 @@ def _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL: tl.constexpr, HAS_I
 
 @triton.jit
 def _fwd_tile(
-    acc, l_i, m_i, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
+    acc, l_i, m_i, nf, q, k_base, v_base, ids_ptr, ids_q, start_n, rows, len_k, off, stride_kt,
     stride_vt, qk_scale, D,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded)."""
+    """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded).
+    ``nf`` [BLOCK_M] counts, per row, the visible keys whose K row holds NaN/Inf."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+    k_bad = tl.max(((k != k) | (tl.abs(k) == float("inf"))).to(tl.int32), 1)  # [BLOCK_N]
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if MASKED:
         vis = _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL, HAS_IDS)
-        s = tl.where(vis, s, float("-inf"))
+        s = tl.where(vis, s, float("-inf"))  # overwrites: a hidden key's NaN logit is gone
+        nf += tl.sum(tl.where(vis, k_bad[None, :], 0), 1)
+    else:
+        nf += tl.sum(k_bad, 0)  # every key of the tile is visible to every row
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Rows that have seen no key yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -86,31 +98,35 @@ def _fwd_tile(
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-    return acc, l_i, m_new
+    acc = acc * alpha[:, None]
+    if MASKED:
+        # p = 0 for a hidden key, but 0 * NaN (or Inf) in P @ V is NaN: keep non-finite V out of
+        # the product and mark, per (row, column), the rows that see one. Rare: only then the
+        # second product runs.
+        bad = (v != v) | (tl.abs(v) == float("inf"))
+        if tl.max(bad.to(tl.int32)) > 0:
+            acc = tl.dot(p.to(v.dtype), tl.where(bad, 0.0, v).to(v.dtype), acc,
+                         input_precision=PRECISION)  # fmt: skip
+            hits = tl.dot(vis.to(v.dtype), bad.to(v.dtype), input_precision=PRECISION)
+            acc = tl.where(hits > 0, float("nan"), acc)
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    return acc, l_i, m_new, nf
 
 
 @triton.jit
-def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
-    seqlen_q, seqlen_k, group, qk_scale, D,
+def _fwd_block(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, b64, h, start_m, q_start, len_q, k_start,
+    len_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
-    stride_lb, stride_lh, stride_ib, len_bucket,
+    stride_lb, stride_lh, stride_ib,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, STORE_LSE: tl.constexpr,
-    PRECISION: tl.constexpr,
+    HAS_IDS: tl.constexpr, STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    h = tl.program_id(0)  # heads fastest: the query heads of one KV head share its K/V in L2
-    # Causal blocks further down hold more work: launch them first so the tail is short.
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = tl.program_id(2)
-    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, VARLEN)
-    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, VARLEN)
-    start_m = pid_m * BLOCK_M
-    if start_m >= len_q:
-        return
-    b64 = b.to(tl.int64)
+    """Rows ``start_m .. start_m + BLOCK_M`` of query head ``h`` of sequence ``b64``."""
     hk = h // group
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -142,15 +158,16 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    nf = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start_n in range(0, full_end, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+        acc, l_i, m_i, nf = _fwd_tile(
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
             stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, False, CAUSAL, HAS_IDS,
             PRECISION,
         )  # fmt: skip
     for start_n in range(full_end, diag_end, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
+        acc, l_i, m_i, nf = _fwd_tile(
+            acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k, off,
             stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL, HAS_IDS,
             PRECISION,
         )  # fmt: skip
@@ -162,14 +179,21 @@ def _attn_fwd_kernel(
             ids_k = tl.load(ids_base + cols, mask=cols < len_k, other=-2)
             hit = (ids_q[:, None] == ids_k[None, :]) & (ids_q[:, None] >= 0)
             if tl.max(hit.to(tl.int32)) > 0:
-                acc, l_i, m_i = _fwd_tile(
-                    acc, l_i, m_i, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
+                acc, l_i, m_i, nf = _fwd_tile(
+                    acc, l_i, m_i, nf, q, k_base, v_base, ids_base, ids_q, start_n, rows, len_k,
                     off, stride_kt, stride_vt, qk_scale, D, BLOCK_N, BLOCK_D, True, CAUSAL,
                     HAS_IDS, PRECISION,
                 )  # fmt: skip
 
     empty = l_i == 0.0  # a row that sees no key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    # The non-finite rule: a row that sees a key is NaN when its q or a visible K row is bad.
+    q_bad = tl.max(((q != q) | (tl.abs(q) == float("inf"))).to(tl.int32), 1) > 0
+    sees = (len_k > 0) & (rows + off >= 0)
+    if not CAUSAL:
+        sees = len_k > 0
+    bad = (nf > 0) | (q_bad & sees)
+    out = tl.where(bad[:, None], float("nan"), out)
     o_base = o_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_ot
     tl.store(
         o_base + rows[:, None] * stride_ot + offs_d[None, :],
@@ -179,8 +203,41 @@ def _attn_fwd_kernel(
     if STORE_LSE:
         lse = (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # ln 2
         lse = tl.where(empty, float("-inf"), lse)
+        lse = tl.where(bad, float("nan"), lse)
         l_base = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start
         tl.store(l_base + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    seqlen_q, seqlen_k, group, qk_scale, D,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+    stride_lb, stride_lh, stride_ib, len_bucket, total_q, total_k, has_seqused_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, STORE_LSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    # total_q / total_k: rows of q and k (packed), the clamp of every boundary read from cu.
+    # has_seqused_k != 0 (padded layout only): cu_k_ptr holds int32 [B] valid key lengths.
+    h = tl.program_id(0)  # heads fastest: the query heads of one KV head share its K/V in L2
+    b = tl.program_id(2)
+    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, total_q, VARLEN)
+    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, total_k, VARLEN)
+    if has_seqused_k != 0:
+        len_k = tl.minimum(tl.maximum(tl.load(cu_k_ptr + b), 0), seqlen_k)
+    n_prog = tl.num_programs(1)
+    # Causal blocks further down hold more work: launch them first so the tail is short.
+    for blk in range(n_prog - 1 - tl.program_id(1), tl.cdiv(len_q, BLOCK_M), n_prog):
+        _fwd_block(
+            q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, b.to(tl.int64), h, blk * BLOCK_M,
+            q_start, len_q, k_start, len_k, group, qk_scale, D,
+            stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+            stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
+            stride_lb, stride_lh, stride_ib,
+            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, STORE_LSE, PRECISION,
+        )  # fmt: skip
 
 
 _attn_fwd_tuned = triton.autotune(
@@ -189,25 +246,16 @@ _attn_fwd_tuned = triton.autotune(
 
 
 @triton.jit
-def _key_scores_kernel(
-    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
-    seqlen_q, seqlen_k, group, qk_scale, D,
+def _key_scores_block(
+    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, b64, hk, start_n, q_start, len_q,
+    k_start, len_k, group, qk_scale, D,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
     stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_IDS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     # part[hk, b, j] = sum over the query heads of KV head hk and the chosen rows i of
     # exp(s_ij - lse_i): the probabilities of the forward pass, recomputed one key block at a time.
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1)
-    hk = tl.program_id(2)
-    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, VARLEN)
-    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, VARLEN)
-    start_n = pid_n * BLOCK_N
-    if start_n >= len_k:
-        return
-    b64 = b.to(tl.int64)
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_m = tl.arange(0, BLOCK_M)
@@ -251,6 +299,30 @@ def _key_scores_kernel(
     tl.store(p_base + cols, acc, mask=cols < len_k)
 
 
+@triton.jit
+def _key_scores_kernel(
+    q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, cu_q_ptr, cu_k_ptr, ids_ptr,
+    seqlen_q, seqlen_k, group, qk_scale, D,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+    stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph, total_q, total_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_IDS: tl.constexpr, VARLEN: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(1)
+    hk = tl.program_id(2)
+    q_start, len_q = _seq_bounds(cu_q_ptr, b, seqlen_q, total_q, VARLEN)
+    k_start, len_k = _seq_bounds(cu_k_ptr, b, seqlen_k, total_k, VARLEN)
+    n_prog = tl.num_programs(0)
+    for blk in range(tl.program_id(0), tl.cdiv(len_k, BLOCK_N), n_prog):
+        _key_scores_block(
+            q_ptr, k_ptr, lse_ptr, sel_ptr, part_ptr, ids_ptr, b.to(tl.int64), hk,
+            blk * BLOCK_N, q_start, len_q, k_start, len_k, group, qk_scale, D,
+            stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh,
+            stride_lb, stride_lh, stride_sb, stride_ib, stride_pb, stride_ph,
+            BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, PRECISION,
+        )  # fmt: skip
+
+
 # ---- launchers ----------------------------------------------------------------------------------
 
 
@@ -269,13 +341,17 @@ def attention_triton(
     key_scores: torch.Tensor | None,
     causal: bool,
     scale: float,
-    max_seqlen: int | None,
+    max_seqlen: int,
+    max_seqlen_k: int,
     need_lse: bool,
     alloc,
+    seqused_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(out, lse or None, scores or None)``; layouts as in `haic_kernels.attention`.
 
-    ``alloc(shape, dtype, device)`` allocates the outputs (tests pass a poisoning one).
+    ``max_seqlen`` / ``max_seqlen_k`` size the grid (hints: longer sequences are covered
+    anyway); ``seqused_k`` (padded layout only, int32 [B], contiguous): the valid keys of each
+    sequence, as in a KV cache. ``alloc(shape, dtype, device)`` allocates the outputs.
     """
     packed = cu_seqlens is not None
     # The kernels need unit stride along the head dim; other strides are passed through.
@@ -286,17 +362,15 @@ def attention_triton(
     if packed:
         cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
         batch = cu_seqlens.numel() - 1
-        if max_seqlen is None:
-            max_seqlen = int(cu_seqlens.diff().max()) if batch else 0
-        max_k = int(cu_k.diff().max()) if batch else 0
         seqlen_q = seqlen_k = 0
         qs = (0, q.stride(0), q.stride(1))
         ks = (0, k.stride(0), k.stride(1))
         vs = (0, v.stride(0), v.stride(1))
     else:
-        cu_k = cu_seqlens = torch.zeros(1, dtype=torch.int32, device=dev)  # unused
+        cu_seqlens = torch.zeros(1, dtype=torch.int32, device=dev)  # unused
+        cu_k = seqused_k if seqused_k is not None else cu_seqlens
         batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
-        max_seqlen, max_k = seqlen_q, seqlen_k
+        max_seqlen, max_seqlen_k = seqlen_q, seqlen_k
         qs = (q.stride(0), q.stride(1), q.stride(2))
         ks = (k.stride(0), k.stride(1), k.stride(2))
         vs = (v.stride(0), v.stride(1), v.stride(2))
@@ -327,30 +401,34 @@ def attention_triton(
         q, k, v, out, lse, cu_seqlens, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
         *qs, *ks, *vs, *os_, *ls, ids_sb,
     )  # fmt: skip
+    bounds = (q.shape[0], k.shape[0], int(seqused_k is not None))
+    m_blocks = max(max_seqlen, 1)
     from haic_kernels.ops._common import interpreting
 
     small = max_seqlen <= _DECODE_BLOCK_M
     if dev.type == "cpu" or interpreting() or small:
         bm = _DECODE_BLOCK_M if small else _INTERP_BLOCK
         bn = _INTERP_BLOCK if dev.type == "cpu" else 64
-        grid = (hq, triton.cdiv(max_seqlen, bm), batch)
+        grid = (hq, triton.cdiv(m_blocks, bm), batch)
         _attn_fwd_kernel[grid](
-            *args, 0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, STORE_LSE=need_lse_buf,
-            num_warps=4, **common,
+            *args, 0, *bounds, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d,
+            STORE_LSE=need_lse_buf, num_warps=4, **common,
         )  # fmt: skip
     else:
-        bucket = min(triton.next_power_of_2(max_seqlen), 1 << 14)
+        bucket = min(triton.next_power_of_2(m_blocks), 1 << 14)
 
         def grid(meta):
-            return (hq, triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch)
+            return (hq, triton.cdiv(m_blocks, meta["BLOCK_M"]), batch)
 
-        _attn_fwd_tuned[grid](*args, bucket, BLOCK_D=block_d, STORE_LSE=need_lse_buf, **common)
+        _attn_fwd_tuned[grid](
+            *args, bucket, *bounds, BLOCK_D=block_d, STORE_LSE=need_lse_buf, **common
+        )
 
     scores = None
     if key_scores is not None:
         scores = _key_scores(
-            q, k, lse, key_scores, cu_seqlens, cu_k, ids, batch, seqlen_q, seqlen_k, max_k,
-            group, qk_scale, d, qs, ks, ls, ids_sb, block_d, common, packed,
+            q, k, lse, key_scores, cu_seqlens, cu_k, ids, batch, seqlen_q, seqlen_k,
+            max(max_seqlen_k, 1), group, qk_scale, d, qs, ks, ls, ids_sb, block_d, common, packed,
         )  # fmt: skip
     return out, (lse if need_lse else None), scores
 
@@ -386,7 +464,7 @@ def _key_scores(
     grid = (triton.cdiv(max_k, bn), batch, hkv)
     _key_scores_kernel[grid](
         q, k, lse, sel, part, cu_q, cu_k, ids, seqlen_q, seqlen_k, group, qk_scale, d,
-        *qs, *ks, *ls, sel_sb, ids_sb, *ps, BLOCK_M=bm, BLOCK_N=bn,
+        *qs, *ks, *ls, sel_sb, ids_sb, *ps, q.shape[0], k.shape[0], BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_D=block_d, num_warps=4, **common,
     )  # fmt: skip
     total = part.sum(0)  # [B, Sk] or [Tk]
@@ -394,10 +472,11 @@ def _key_scores(
     if packed:
         zero = torch.zeros(1, dtype=torch.int64, device=dev)
         csum = torch.cat([zero, key_scores.to(torch.int64).cumsum(0)])
-        n_chosen = csum[cu_q[1:].long()] - csum[cu_q[:-1].long()]  # chosen rows per sequence
+        bq = cu_q.long().clamp(0, q.shape[0])  # as the kernels clamp a boundary that lies
+        n_chosen = csum[bq[1:]] - csum[bq[:-1]]  # chosen rows per sequence
         rows_k = torch.arange(k.shape[0], device=dev, dtype=torch.int32)
         seq_of_key = torch.searchsorted(cu_k[1:].contiguous(), rows_k, right=True)
-        n_key = n_chosen[seq_of_key]
+        n_key = n_chosen[seq_of_key.clamp(max=max(batch - 1, 0))]
     else:
         n_key = key_scores.sum(1, keepdim=True)  # [B, 1]
     denom = (n_key * hq).to(torch.float32)
@@ -415,8 +494,9 @@ def _key_scores(
 # - key scores (pruning: not hot): the vision CLS row and the LM's last row.
 # Quick: bf16, tiles 128x64 (8 warps) and 64x64, and the small-tile path in bf16 / fp16;
 # --full: every config and dtype (fp32 tiles take ptxas 12-40 s each).
-def _attn_args(dt, d, sq, sk, qs, ks, os_, group, varlen, causal, bucket):
-    return dict(
+def _attn_args(dt, d, sq, sk, qs, ks, os_, group, varlen, causal, bucket, rows=(1, 1)):
+    # rows: (q rows, k rows) of the call (total_q / total_k: B * S dense, T packed).
+    return dict(total_q=rows[0], total_k=rows[1], has_seqused_k=0,
         q_ptr=dt, k_ptr=dt, v_ptr=dt, o_ptr=dt, lse_ptr=torch.float32, cu_q_ptr=torch.int32,
         cu_k_ptr=torch.int32, ids_ptr=torch.int32, seqlen_q=sq, seqlen_k=sk, group=group,
         qk_scale=d**-0.5 * _LOG2E, D=d, stride_qb=qs[0], stride_qt=qs[1], stride_qh=qs[2],
@@ -429,13 +509,15 @@ def _attn_args(dt, d, sq, sk, qs, ks, os_, group, varlen, causal, bucket):
 
 
 # (D, seqlen_q, seqlen_k, q strides, k/v strides, o strides, group, VARLEN, CAUSAL, len_bucket)
+# (the vision tower: 24 frames; the LM: one 1624-token row, or 8 packed rows of 1624-1700)
 _VISION = (112, 257, 257, (257 * 5376, 5376, 112), (257 * 5376, 5376, 112),
-           (257 * 1792, 1792, 112), 1, False, False, 512)  # fmt: skip
+           (257 * 1792, 1792, 112), 1, False, False, 512, (24 * 257, 24 * 257))  # fmt: skip
 _LM = (128, 1624, 1624, (1624 * 4096, 4096, 128), (1624 * 1024, 1024, 128),
-       (1624 * 4096, 4096, 128), 4, False, True, 2048)  # fmt: skip
-_LM_PACKED = (128, 0, 0, (0, 4096, 128), (0, 1024, 128), (0, 4096, 128), 4, True, True, 2048)
+       (1624 * 4096, 4096, 128), 4, False, True, 2048, (1624, 1624))  # fmt: skip
+_LM_PACKED = (128, 0, 0, (0, 4096, 128), (0, 1024, 128), (0, 4096, 128), 4, True, True, 2048,
+              (13001, 13001))  # fmt: skip
 _DECODE = (128, 1, 1688, (4096, 4096, 128), (1688 * 1024, 1024, 128), (4096, 4096, 128), 4,
-           False, True, 0)  # fmt: skip
+           False, True, 0, (1, 1688))  # fmt: skip
 _ATTN_DTYPES = (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
 AOT_CASES = [
     *(dict(kernel="_attn_fwd_kernel", variant=f"{name},{call}",
@@ -451,7 +533,7 @@ AOT_CASES = [
       for name, dt in _ATTN_DTYPES),
     *(dict(kernel="_key_scores_kernel", variant=f"{name},{call}",
            args={**{k: v for k, v in _attn_args(dt, *shape).items()
-                    if k not in ("v_ptr", "o_ptr", "STORE_LSE", "len_bucket") and
+                    if k not in ("v_ptr", "o_ptr", "STORE_LSE", "len_bucket", "has_seqused_k") and
                     not k.startswith(("stride_v", "stride_o", "stride_i"))},
                  "sel_ptr": torch.uint8, "part_ptr": torch.float32, "stride_lb": 16 * 257,
                  "stride_lh": 257, "stride_sb": 257, "stride_ib": 0, "stride_pb": 257,

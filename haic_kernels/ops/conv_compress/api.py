@@ -1,7 +1,7 @@
 """conv_compress: the adapter's 2x2 stride-2 conv over the vision tokens, as an implicit GEMM.
 
-Public function, argument checks, backend choice and the ``haic_kernels::conv_compress`` custom
-op. Backends are imported lazily, on first use.
+The public function: argument checks and backend choice. The ``haic_kernels::conv_compress``
+custom op and its dispatch table live in ops.py.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ import torch
 from haic_kernels.ops._common import (
     check_dtype,
     check_int,
+    check_no_grad,
     check_same_device,
     check_tensor,
-    resolve_backend,
 )
-from haic_kernels.ops._weight_cache import cached_layout
+from haic_kernels.ops.conv_compress.ops import DISPATCH
 
 __all__ = ["BACKENDS", "DTYPES", "conv_compress"]
 
-CHOICES = ("torch", "triton", "cuda")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -87,50 +86,8 @@ def conv_compress(
                 f"bias: expected shape ({weight.shape[0]},) (C_out), got {tuple(bias.shape)}"
             )
         check_dtype("bias", bias, (x.dtype,))
+        bias = bias.contiguous()  # read as a raw pointer
     check_same_device(x=x, weight=weight, bias=bias)
-    if torch.is_grad_enabled():
-        for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-            if t is not None and t.requires_grad:
-                raise RuntimeError(
-                    f"{name}: requires grad, but this op has no backward; call it under "
-                    "torch.no_grad() or torch.inference_mode()"
-                )
-    chosen = resolve_backend(
-        "conv_compress", backend, x.device, choices=CHOICES, auto_order=("triton", "cuda")
-    )
+    check_no_grad("conv_compress", x=x, weight=weight, bias=bias)
+    chosen = DISPATCH.resolve(backend, x.device)
     return torch.ops.haic_kernels.conv_compress(x, weight, bias, g, chosen)
-
-
-def _new_output(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device):
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-@torch.library.custom_op("haic_kernels::conv_compress", mutates_args=())
-def _conv_compress_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: int, backend: str
-) -> torch.Tensor:
-    """The op behind `conv_compress` (arguments already checked, ``backend`` resolved)."""
-    if backend == "torch":
-        from haic_kernels.ops.conv_compress.reference import conv_compress_reference
-
-        return conv_compress_reference(x, weight, bias, grid)
-    out = _new_output((x.shape[0], (grid // 2) ** 2, weight.shape[0]), x.dtype, x.device)
-    if backend == "triton":
-        from haic_kernels.ops.conv_compress import triton as impl
-    elif backend == "cuda":
-        from haic_kernels.ops.conv_compress import cuda as impl  # type: ignore[no-redef]
-    else:
-        raise ValueError(f"backend: expected 'torch', 'triton' or 'cuda', got {backend!r}")
-    # Both backends use the same [4C, C_out] layout: one cache entry serves either.
-    w_kn = cached_layout(weight, "conv_compress", impl.prepare_weight)
-    run = impl.conv_compress_triton if backend == "triton" else impl.conv_compress_cuda
-    run(x, w_kn, bias, out, grid)
-    return out
-
-
-@_conv_compress_op.register_fake
-def _conv_compress_fake(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: int, backend: str
-) -> torch.Tensor:
-    return x.new_empty((x.shape[0], (grid // 2) ** 2, weight.shape[0]))

@@ -17,7 +17,7 @@ from haic_kernels.backends import BackendUnavailable
 def prepare_weight(weight: torch.Tensor) -> torch.Tensor:
     """[C_out, C, 2, 2] -> contiguous [4C, C_out], row (kh*2 + kw)*C + c."""
     c_out = weight.shape[0]
-    return weight.permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()
+    return weight.permute(2, 3, 1, 0).reshape(4 * weight.shape[1], c_out).contiguous()
 
 
 def gather2x2_cuda(x: torch.Tensor, rows: torch.Tensor, grid: int) -> None:

@@ -22,6 +22,9 @@ def conv_compress_reference(
     """
     n, tokens, c = x.shape
     g = grid
+    if n * c * weight.shape[0] == 0:  # conv2d takes no empty channel dims: the sum is empty
+        out = x.new_zeros((n, (g // 2) ** 2, weight.shape[0]))
+        return out + bias if bias is not None else out
     img = x[:, tokens - g * g :].reshape(n, g, g, c).permute(0, 3, 1, 2)  # [F, C, g, g]
     y = F.conv2d(img, weight, bias, stride=2)  # [F, C_out, g/2, g/2]
     return y.flatten(2).transpose(1, 2).contiguous()

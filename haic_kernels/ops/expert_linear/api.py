@@ -1,22 +1,23 @@
 """expert_linear: per-token expert weights, ``y[t] = x[t] @ W[e(t)].T + b[e(t)]``, one launch.
 
-Public function, argument checks, backend choice and the ``haic_kernels::expert_linear`` custom
-op. Backends are imported lazily, on first use.
+The public function: argument checks and backend choice. The ``haic_kernels::expert_linear``
+custom op and its dispatch table live in ops.py.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-from haic_kernels.ops._common import check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import check_no_grad, check_same_device, check_tensor
+from haic_kernels.ops.expert_linear.ops import DISPATCH
 from haic_kernels.ops.expert_linear.routing import MAX_EXPERTS, Routing
 
 __all__ = ["BACKENDS", "DTYPES", "expert_linear"]
 
-CHOICES = ("torch", "triton")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -32,7 +33,8 @@ def expert_linear(
 
     Args:
         x: ``[T, K]`` or ``[B, S, K]`` (flattened to ``T = B*S`` rows in row-major order),
-            float32/float16/bfloat16; rows may be strided, the last dim must be contiguous.
+            float32/float16/bfloat16; any strides (a last dim that is not contiguous costs a
+            copy). ``T``, ``K`` and ``N`` may be 0 (an empty result, or the bias when K = 0).
         weights: E tensors ``[N, K]`` (``nn.Linear`` layout), x's dtype and device, E <= 8.
         biases: None, or E entries each a ``[N]`` tensor or None (an expert without bias).
         route: a `Routing` over the same T tokens with ``route.num_experts == E``.
@@ -62,7 +64,7 @@ def expert_linear(
     if not isinstance(route, Routing):
         raise TypeError(f"route: expected a haic_kernels.Routing, got {type(route).__name__}")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(lead), x.shape[-1])  # not -1: T = 0 with K = 0 is ambiguous
     t = x2.shape[0]
     if route.num_tokens != t:
         raise ValueError(
@@ -76,25 +78,14 @@ def expert_linear(
         raise ValueError(
             f"route: expected a Routing on {x.device} (where x is), got {route.device}"
         )
-    if x2.shape[1] == 0 or ws[0].shape[0] == 0:
-        raise ValueError(
-            f"x, weights: K and N must be >= 1, got x {tuple(x.shape)}, weights[0] "
-            f"{tuple(ws[0].shape)}"
-        )
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or any(w.requires_grad for w in ws)
-        or any(b.requires_grad for b in bs if b is not None)
-    ):
-        raise RuntimeError(
-            "expert_linear has no backward: call it under torch.no_grad() / inference_mode, "
-            "or detach the inputs"
-        )
-    chosen = resolve_backend(
-        "expert_linear", backend, x.device, choices=CHOICES, auto_order=("triton",)
+    x2 = check_tensor("x", x2, layout="rows")
+    check_no_grad(
+        "expert_linear",
+        x=x,
+        **{f"weights[{i}]": w for i, w in enumerate(ws)},
+        **{f"biases[{i}]": b for i, b in enumerate(bs)},
     )
+    chosen = DISPATCH.resolve(backend, x.device)
     out = torch.ops.haic_kernels.expert_linear(x2, ws, bs, route.perm, route.offsets, chosen)
     return out.view(*lead, out.shape[-1])
 
@@ -148,38 +139,5 @@ def _check_params(
             check_same_device(x=x, **{f"biases[{i}]": b})
             if b.shape[0] != n:
                 raise ValueError(f"biases[{i}]: expected shape [{n}], got {tuple(b.shape)}")
+            bs[i] = b.contiguous()  # read as a raw pointer
     return ws, bs
-
-
-def _new_output(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-@torch.library.custom_op("haic_kernels::expert_linear", mutates_args=())
-def _expert_linear_op(
-    x: torch.Tensor,
-    weights: list[torch.Tensor],
-    biases: list[torch.Tensor | None],
-    perm: torch.Tensor,
-    offsets: torch.Tensor,
-    backend: str,
-) -> torch.Tensor:
-    """The op behind `expert_linear` (arguments checked, x 2-D, ``backend`` resolved)."""
-    t, n = x.shape[0], weights[0].shape[0]
-    if backend == "torch":
-        from haic_kernels.ops.expert_linear.reference import expert_linear_reference
-
-        return expert_linear_reference(x, weights, biases, perm, offsets)
-    if backend == "triton":
-        from haic_kernels.ops.expert_linear.triton import expert_linear_triton
-
-        out = _new_output((t, n), x.dtype, x.device)
-        expert_linear_triton(x, weights, biases, perm, offsets, out)
-        return out
-    raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
-
-
-@_expert_linear_op.register_fake
-def _expert_linear_fake(x, weights, biases, perm, offsets, backend):
-    return x.new_empty((x.shape[0], weights[0].shape[0]))

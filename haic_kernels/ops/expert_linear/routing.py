@@ -1,7 +1,9 @@
 """`Routing`: which expert each token uses, grouped for the expert_linear grouped GEMM.
 
 Built once per forward on the tokens' device with tensor ops only (no ``.item()``, no host
-sync), so every decoder layer reuses it and a CUDA graph can capture it. Holds:
+sync), so every decoder layer reuses it and a CUDA graph can capture it. Which token uses which
+expert is the model's rule (CogVLM's lives in ``haic_kernels.tokens``); the constructors here
+take its result. Holds:
 
 * ``expert_ids`` int32 ``[T]``: the expert of each token (original order);
 * ``perm`` int32 ``[T]``: the tokens grouped by expert, stable: ``perm[offsets[e]:offsets[e+1]]``
@@ -24,8 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
-from haic_kernels.constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
-from haic_kernels.ops._common import check_int, check_tensor
+from haic_kernels.ops._common import (
+    INT_DTYPES,
+    check_cu_seqlens,
+    check_int,
+    check_same_device,
+    check_tensor,
+    check_values,
+)
 
 __all__ = ["MAX_EXPERTS", "Routing"]
 
@@ -33,17 +41,56 @@ __all__ = ["MAX_EXPERTS", "Routing"]
 # expert): 8 experts covers CogVLM (2) and small MoE-style adapter sets.
 MAX_EXPERTS = 8
 
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
 
 @dataclass(frozen=True, eq=False)
 class Routing:
-    """Tokens grouped by expert for `expert_linear` (see the module docstring for the fields)."""
+    """Tokens grouped by expert for `expert_linear` (see the module docstring for the fields).
+
+    Build one with `from_expert_ids` or `from_vision_mask`. The raw constructor
+    ``Routing(expert_ids=, perm=, offsets=, num_experts=)`` validates what the kernels rely on
+    (offsets from 0 to T, ``perm`` a permutation of ``0..T-1`` grouping the tokens by their
+    ``expert_ids``): eagerly for CPU tensors, by asynchronous device asserts for CUDA ones (no
+    host sync; the kernels clamp every index meanwhile). Fields become contiguous int32.
+    """
 
     expert_ids: torch.Tensor
     perm: torch.Tensor
     offsets: torch.Tensor
     num_experts: int
+
+    def __post_init__(self) -> None:
+        e = _check_num_experts(self.num_experts)
+        ids = check_tensor("expert_ids", self.expert_ids, dims=1, dtypes=INT_DTYPES)
+        perm = check_tensor("perm", self.perm, dims=1, dtypes=INT_DTYPES)
+        check_tensor("offsets", self.offsets, dims=1, dtypes=INT_DTYPES)
+        check_same_device(expert_ids=ids, perm=perm, offsets=self.offsets)
+        t = ids.shape[0]
+        if perm.shape[0] != t:
+            raise ValueError(f"perm: expected {t} entries (one per token), got {perm.shape[0]}")
+        if self.offsets.shape[0] != e + 1:
+            raise ValueError(
+                f"offsets: expected {e + 1} entries (num_experts + 1), got {self.offsets.shape[0]}"
+            )
+        offsets = check_cu_seqlens("offsets", self.offsets, t, ids.device, what="tokens")
+        ids, perm = ids.to(torch.int32).contiguous(), perm.to(torch.int32).contiguous()
+        check_values((ids >= 0) & (ids < e), f"expert_ids: every id must be in [0, {e})")
+        in_range = (perm >= 0) & (perm < t)
+        check_values(in_range, f"perm: entries must lie in [0, {t}) (token indices)")
+        safe = torch.where(in_range, perm, 0).long()
+        hits = torch.zeros(t, dtype=torch.int32, device=ids.device).index_add_(
+            0, safe, torch.ones_like(perm)
+        )
+        check_values(hits == 1, "perm: must be a permutation (every token exactly once)")
+        slot = torch.arange(t, device=ids.device, dtype=torch.int32)
+        group = torch.searchsorted(offsets[1:], slot, right=True).clamp(max=e - 1)
+        check_values(
+            ids[safe] == group,
+            "perm: must group the tokens by expert (perm[offsets[e]:"
+            "offsets[e+1]] are the tokens whose expert_ids is e)",
+        )
+        object.__setattr__(self, "expert_ids", ids)
+        object.__setattr__(self, "perm", perm)
+        object.__setattr__(self, "offsets", offsets)
 
     @property
     def num_tokens(self) -> int:
@@ -98,11 +145,11 @@ class Routing:
         """
         e = _check_num_experts(num_experts)
         check_tensor("expert_ids", expert_ids, dims=(1, 2), shape_hint="[T] or [B, S]")
-        if expert_ids.dtype not in _INT_DTYPES:
+        if expert_ids.dtype not in INT_DTYPES:
             raise TypeError(f"expert_ids: expected an integer tensor, got {expert_ids.dtype}")
         ids = expert_ids.reshape(-1)
-        bad = (ids < 0) | (ids >= e)
-        _check_values(bad, f"expert_ids: every id must be in [0, {e}) (num_experts={e})")
+        ok = (ids >= 0) & (ids < e)
+        check_values(ok, f"expert_ids: every id must be in [0, {e}) (num_experts={e})")
         return cls._build(ids.to(torch.int32), e)
 
     @classmethod
@@ -129,58 +176,6 @@ class Routing:
         return cls._build(vision_mask.reshape(-1).to(torch.int32), 2)
 
     @classmethod
-    def from_token_types(
-        cls,
-        token_types: torch.Tensor,
-        num_experts: int = 2,
-        *,
-        cu_seqlens: torch.Tensor | None = None,
-    ) -> Routing:
-        """CogVLM routing from token types (0 language, 1 vision), on their device.
-
-        ``token_types`` integer ``[B, S]`` (each row a sequence) or ``[T]`` (one sequence, or
-        sequences packed back to back with ``cu_seqlens`` int ``[n + 1]``, boundaries).
-        ``num_experts=2`` (image model): a token uses expert 1 (vision) when it AND the next
-        token of its sequence are vision tokens, else expert 0 (language), so the last token
-        of every sequence is language (`language.vision_expert_mask`'s rule).
-        ``num_experts=1`` (video model): every token uses expert 0.
-        """
-        check_tensor("token_types", token_types, dims=(1, 2), shape_hint="[B, S] or [T]")
-        if token_types.dtype not in _INT_DTYPES:
-            raise TypeError(f"token_types: expected an integer tensor, got {token_types.dtype}")
-        if num_experts not in (1, 2):
-            raise ValueError(
-                f"num_experts: the token-type rule routes to 1 (video) or 2 (image) experts, got "
-                f"{num_experts!r}; use Routing.from_expert_ids for other expert sets"
-            )
-        bad = (token_types != LANGUAGE_TOKEN_TYPE) & (token_types != VISION_TOKEN_TYPE)
-        _check_values(
-            bad, f"token_types: values must be {LANGUAGE_TOKEN_TYPE} or {VISION_TOKEN_TYPE}"
-        )
-        if num_experts == 1:
-            ids = torch.zeros(token_types.numel(), dtype=torch.int32, device=token_types.device)
-            return cls._build(ids, 1)
-        t = token_types.unsqueeze(0) if token_types.dim() == 1 else token_types
-        vis = t == VISION_TOKEN_TYPE
-        nxt = torch.zeros_like(vis)
-        nxt[:, :-1] = vis[:, 1:]
-        mask = (vis & nxt).reshape(-1)
-        if cu_seqlens is not None:
-            if token_types.dim() != 1:
-                raise ValueError("cu_seqlens: only with packed token_types [T]")
-            check_tensor("cu_seqlens", cu_seqlens, dims=1)
-            if cu_seqlens.dtype not in _INT_DTYPES or cu_seqlens.device != token_types.device:
-                raise TypeError(
-                    f"cu_seqlens: expected an integer tensor on {token_types.device}, got "
-                    f"{cu_seqlens.dtype} on {cu_seqlens.device}"
-                )
-            # The last token of every packed sequence has no next token in its sequence.
-            ends = (cu_seqlens[1:].to(torch.int64) - 1).clamp(min=0, max=max(mask.numel() - 1, 0))
-            if mask.numel():
-                mask = mask.index_fill(0, ends, False)
-        return cls._build(mask.to(torch.int32), 2)
-
-    @classmethod
     def _build(cls, ids: torch.Tensor, num_experts: int) -> Routing:
         """Counting sort of ``ids`` (int32 [T], values < E): O(T * E) elementwise, no sync."""
         experts = torch.arange(num_experts, device=ids.device, dtype=torch.int32)
@@ -195,17 +190,12 @@ class Routing:
         dest = offsets[ids.long().clamp(0, num_experts - 1)] + rank
         perm = torch.empty_like(ids)
         perm.scatter_(0, dest.long(), torch.arange(ids.numel(), device=ids.device, dtype=ids.dtype))
-        return cls(expert_ids=ids, perm=perm, offsets=offsets, num_experts=num_experts)
-
-
-def _check_values(bad: torch.Tensor, msg: str) -> None:
-    """ValueError if any ``bad`` on CPU in eager mode; elsewhere (GPU, torch.compile) an
-    asynchronous device assert, so building a Routing never waits for the device."""
-    if bad.device.type == "cpu" and not torch.compiler.is_compiling():
-        if bool(bad.any()):
-            raise ValueError(msg)
-    else:
-        torch._assert_async(~bad.any(), msg)
+        # Correct by construction: skip the constructor's checks (a few kernels per forward).
+        route = object.__new__(cls)
+        for name, value in (("expert_ids", ids.contiguous()), ("perm", perm),
+                            ("offsets", offsets), ("num_experts", num_experts)):  # fmt: skip
+            object.__setattr__(route, name, value)
+        return route
 
 
 def _check_num_experts(num_experts: object) -> int:

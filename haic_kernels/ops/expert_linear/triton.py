@@ -88,8 +88,10 @@ def _expert_linear_kernel(
     row_end = 0
     tile_base = 0
     for j in tl.static_range(E):
-        lo = tl.load(offsets_ptr + j)
-        hi = tl.load(offsets_ptr + j + 1)
+        # Clamped into [0, T]: offsets that lie (checked asynchronously on the GPU) must not
+        # move a tile outside perm.
+        lo = tl.minimum(tl.maximum(tl.load(offsets_ptr + j), 0), T)
+        hi = tl.minimum(tl.maximum(tl.load(offsets_ptr + j + 1), lo), T)
         n_j = tl.cdiv(hi - lo, BLOCK_M)
         here = (pid_m >= tile_base) & (pid_m < tile_base + n_j)
         expert = tl.where(here, j, expert)
@@ -111,6 +113,7 @@ def _expert_linear_kernel(
     rows = row_start + tl.arange(0, BLOCK_M)
     row_ok = rows < row_end
     tok = tl.load(perm_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    tok = tl.minimum(tl.maximum(tok, 0), T - 1)  # a lying perm still stays inside x and out
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     ks = tl.arange(0, BLOCK_K)

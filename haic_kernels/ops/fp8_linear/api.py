@@ -1,9 +1,9 @@
 """fp8_linear: per-token E4M3 activations x per-channel E4M3 weights, fp32 accumulation.
 
-Public functions, the prepared-weight object, argument checks, backend choice and the
-``haic_kernels::quantize_rows`` / ``haic_kernels::fp8_linear`` custom ops. Backends are imported
-lazily: reference.py (PyTorch quantizer, emulated linear), triton.py (the quantizer),
-scaled_mm.py (``torch._scaled_mm``).
+Public functions, the prepared-weight object, argument checks and backend choice; the
+``haic_kernels::quantize_rows`` / ``haic_kernels::fp8_linear`` custom ops and their dispatch
+tables live in ops.py. Backends are imported lazily: reference.py (PyTorch quantizer, emulated
+linear), triton.py (the quantizer), scaled_mm.py (``torch._scaled_mm``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from haic_kernels.backends import BackendUnavailable
-from haic_kernels.ops._common import check_dtype, check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import check_dtype, check_no_grad, check_same_device, check_tensor
 from haic_kernels.ops.fp8_linear.format import E4M3_MAX
+from haic_kernels.ops.fp8_linear.ops import LINEAR, QUANTIZE
 
 __all__ = ["E4M3_MAX", "Fp8Weight", "fp8_linear", "quantize_rows"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-QUANT_CHOICES = ("torch", "triton")
-LINEAR_CHOICES = ("emulated", "scaled_mm")
+QUANT_CHOICES = QUANTIZE.choices
+LINEAR_CHOICES = LINEAR.choices
 
 
 def quantize_rows(x: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,12 +39,7 @@ def quantize_rows(x: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tens
         so ``x[m] ~ q[m] * scale[m]`` with relative error <= 2^-4 for |q| >= 2^-6.
     """
     check_tensor("x", x, dims=2, dtypes=DTYPES, shape_hint="[M, K]")
-    chosen = resolve_backend("quantize_rows", backend, x.device, choices=QUANT_CHOICES,
-                             auto_order=("triton",))  # fmt: skip
-    if chosen == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
-        if backend != "auto":  # Triton has no e4m3 type before sm_89
-            raise BackendUnavailable("quantize_rows: backend='triton' needs sm_89+ for e4m3")
-        chosen = "torch"
+    chosen = QUANTIZE.resolve(backend, x.device, unsupported=lambda b: _no_e4m3(b, x))
     q, scale = torch.ops.haic_kernels.quantize_rows(x, chosen)
     return q, scale
 
@@ -116,18 +111,10 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, *, backend: str = "auto") -> 
                          f"got shape {tuple(x.shape)}")  # fmt: skip
     check_dtype("weight.qweight", weight.qweight, (torch.float8_e4m3fn,))
     check_same_device(x=x, weight=weight.qweight, bias=weight.bias)
-    if torch.is_grad_enabled() and x.requires_grad:
-        raise RuntimeError("fp8_linear has no backward: call it under torch.no_grad()")
-    chosen = resolve_backend("fp8_linear", backend, x.device, choices=LINEAR_CHOICES,
-                             auto_order=("scaled_mm",), fallback="emulated")  # fmt: skip
-    if chosen == "scaled_mm":
-        from haic_kernels.ops.fp8_linear.scaled_mm import problem
-
-        why = problem(x, weight.qweight)
-        if why is not None and backend == "auto":
-            chosen = "emulated"
-        elif why is not None:
-            raise BackendUnavailable(f"fp8_linear: backend='scaled_mm' cannot run here: {why}")
+    check_no_grad("fp8_linear", x=x)
+    chosen = LINEAR.resolve(
+        backend, x.device, unsupported=lambda b: _scaled_mm_problem(b, x, weight)
+    )
     x2 = x.reshape(-1, x.shape[-1])
     qx, sx = quantize_rows(x2)
     out = torch.ops.haic_kernels.fp8_linear(
@@ -136,52 +123,17 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, *, backend: str = "auto") -> 
     return out.view(*x.shape[:-1], weight.out_features)
 
 
-@torch.library.custom_op("haic_kernels::quantize_rows", mutates_args=())
-def _quantize_rows_op(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op behind `quantize_rows`: x [M, K] -> (e4m3 [M, K], fp32 [M])."""
-    if backend == "torch":
-        from haic_kernels.ops.fp8_linear.reference import quantize_rows_reference
-
-        return quantize_rows_reference(x)
-    if backend != "triton":
-        raise ValueError(f"backend: expected one of {QUANT_CHOICES}, got {backend!r}")
-    from haic_kernels.ops.fp8_linear.triton import quantize_rows_triton
-
-    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    quantize_rows_triton(x if x.stride(-1) == 1 else x.contiguous(), q, scale)
-    return q, scale
+def _no_e4m3(backend: str, x: torch.Tensor) -> str | None:
+    """Triton has no e4m3 type before sm_89."""
+    if backend == "triton" and x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
+        return "Triton's e4m3 type needs sm_89 or newer"
+    return None
 
 
-@_quantize_rows_op.register_fake
-def _quantize_rows_fake(x, backend):
-    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(
-        x.shape[0], dtype=torch.float32
-    )
+def _scaled_mm_problem(backend: str, x: torch.Tensor, weight: Fp8Weight) -> str | None:
+    """Why ``torch._scaled_mm`` cannot express this call (dtype, K/N alignment), or None."""
+    if backend != "scaled_mm" or x.device.type != "cuda":
+        return None  # the device itself is the contract's business (`_common._usable_here`)
+    from haic_kernels.ops.fp8_linear.scaled_mm import problem
 
-
-@torch.library.custom_op("haic_kernels::fp8_linear", mutates_args=())
-def _fp8_linear_op(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    wscale: torch.Tensor,
-    bias: torch.Tensor | None,
-    qx: torch.Tensor,
-    xscale: torch.Tensor,
-    backend: str,
-) -> torch.Tensor:
-    """The op behind `fp8_linear` (x [M, K] only for its dtype; qx, xscale its quantization)."""
-    if backend == "emulated":
-        from haic_kernels.ops.fp8_linear.reference import fp8_linear_emulated
-
-        return fp8_linear_emulated(x, qweight, wscale, bias, qx, xscale)
-    if backend != "scaled_mm":
-        raise ValueError(f"backend: expected one of {LINEAR_CHOICES}, got {backend!r}")
-    from haic_kernels.ops.fp8_linear.scaled_mm import fp8_linear_scaled_mm
-
-    return fp8_linear_scaled_mm(qweight, wscale, bias, qx, xscale).to(x.dtype)
-
-
-@_fp8_linear_op.register_fake
-def _fp8_linear_fake(x, qweight, wscale, bias, qx, xscale, backend):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
+    return problem(x, weight.qweight)

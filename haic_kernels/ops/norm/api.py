@@ -1,7 +1,7 @@
 """norm: row-wise RMSNorm and LayerNorm, each optionally fused with the residual add around it.
 
-Public functions, argument checks, backend choice and the ``haic_kernels::row_norm`` custom op.
-Backends are imported lazily, on first use.
+Public functions, argument checks and backend choice; the ``haic_kernels::row_norm`` custom op
+and its dispatch table live in ops.py (backends imported lazily, on first use).
 
 The residual sits on the side each model puts it:
 
@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from haic_kernels import backends
-from haic_kernels.ops._common import check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import check_no_grad, check_same_device, check_tensor
+from haic_kernels.ops.norm.ops import DISPATCH
 
 __all__ = ["BACKENDS", "DTYPES", "add_layer_norm", "add_rms_norm", "layer_norm", "rms_norm"]
 
-CHOICES = ("torch", "triton", "liger")
+CHOICES = DISPATCH.choices
 BACKENDS = ("auto", *CHOICES)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# "liger" (Liger-Kernel's fused RMSNorm, optional) is never chosen by auto: ours is the same
-# kernel shape with the model's rounding of the residual and one launch for both variants.
-_AUTO = ("triton",)
 
 
 def rms_norm(
@@ -148,56 +145,11 @@ def _run(
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, residual, weight, bias)
-    ):
-        raise RuntimeError("norm ops have no backward: call them under torch.no_grad()")
-    chosen = resolve_backend("norm", backend, x.device, choices=CHOICES, auto_order=_AUTO)
-    if chosen == "liger":
-        if kind != "rms":
-            raise ValueError("backend: 'liger' serves rms_norm and add_rms_norm only")
-        backends.require_on("liger", x.device)
+    check_no_grad("norm", x=x, residual=residual, weight=weight, bias=bias)
+    if backend == "liger" and kind != "rms":  # no device makes this call expressible
+        raise ValueError("backend: 'liger' serves rms_norm and add_rms_norm only")
+    chosen = DISPATCH.resolve(backend, x.device)
     x2 = x.reshape(-1, d)
     r2 = residual.reshape(-1, d) if residual is not None else None
     outs = torch.ops.haic_kernels.row_norm(x2, r2, weight, bias, float(eps), kind, mode, chosen)
     return [o.view(x.shape) for o in outs]
-
-
-def _new_output(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-@torch.library.custom_op("haic_kernels::row_norm", mutates_args=())
-def _row_norm_op(
-    x: torch.Tensor,
-    residual: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    eps: float,
-    kind: str,
-    mode: str,
-    backend: str,
-) -> list[torch.Tensor]:
-    """The op behind the four functions: x [T, D] -> [y] or, mode "pre", [y, x + residual]."""
-    if backend == "torch":
-        from haic_kernels.ops.norm.reference import row_norm_reference
-
-        return row_norm_reference(x, residual, weight, bias, eps, kind, mode)
-    if backend == "liger":
-        from haic_kernels.ops.norm.liger import rms_norm_liger
-
-        return rms_norm_liger(x, residual, weight, eps)
-    if backend != "triton":
-        raise ValueError(f"backend: expected one of {CHOICES}, got {backend!r}")
-    from haic_kernels.ops.norm.triton import row_norm_triton
-
-    outs = [_new_output(tuple(x.shape), x.dtype, x.device) for _ in range(1 + (mode == "pre"))]
-    row_norm_triton(x, residual, weight, bias, outs, eps, kind, mode)
-    return outs
-
-
-@_row_norm_op.register_fake
-def _row_norm_fake(x, residual, weight, bias, eps, kind, mode, backend):
-    return [torch.empty_like(x, memory_format=torch.contiguous_format)
-            for _ in range(1 + (mode == "pre"))]  # fmt: skip

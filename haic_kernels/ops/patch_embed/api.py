@@ -1,7 +1,7 @@
 """patch_embed: video frames -> patch tokens with CLS and learned positions, [F, 1 + P, D].
 
-Public function, argument checks, backend choice and the ``haic_kernels::patch_embed`` custom op.
-Backends are imported lazily, on first use.
+The public function: argument checks and backend choice. The ``haic_kernels::patch_embed``
+custom op and its dispatch table live in ops.py.
 """
 
 from __future__ import annotations
@@ -11,19 +11,13 @@ from collections.abc import Sequence
 import torch
 
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
-from haic_kernels.ops._common import (
-    check_dtype,
-    check_same_device,
-    check_tensor,
-    check_triple,
-    resolve_backend,
-)
-from haic_kernels.ops._weight_cache import cached_layout
+from haic_kernels.ops._common import check_dtype, check_no_grad, check_same_device, check_tensor
+from haic_kernels.ops.patch_embed.ops import DISPATCH
+from haic_kernels.ops.patchify.api import check_normalization
 
 __all__ = ["BACKENDS", "DTYPES", "patch_embed"]
 
-CHOICES = ("torch", "triton", "cuda")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -42,7 +36,7 @@ def patch_embed(
 
     Args:
         frames: either uint8 ``[F, H, W, 3]`` RGB, channels last, as video decoders produce them
-            (any strides as long as the channel stride is 1), normalized in-kernel as
+            (any strides; a channel stride other than 1 costs a copy), normalized in-kernel as
             ``(x/255 - mean[c]) / std[c]``; or float (fp32/fp16/bf16) ``[F, 3, H, W]`` images
             that are **already normalized** (what ``nn.Conv2d`` receives in the reference
             vision tower; ``mean``/``std`` are then ignored), any strides, cast to the weight's
@@ -78,7 +72,7 @@ def patch_embed(
     Registered as ``torch.ops.haic_kernels.patch_embed`` (with a fake kernel), so
     ``torch.compile(fullgraph=True)`` traces through it.
     """
-    h, w = _check_frames(frames)
+    frames, (h, w) = _check_frames(frames)
     check_tensor("weight", weight, dims=4, dtypes=DTYPES, shape_hint="[D, 3, p, p]")
     d, c_in, kh, kw = weight.shape
     if c_in != 3 or kh != kw or kh < 1:
@@ -96,6 +90,7 @@ def patch_embed(
     if bias is not None:
         check_tensor("bias", bias, dims=1)
         _check_param("bias", bias, weight, (d,))
+        bias = bias.contiguous()  # read as a raw pointer
     check_tensor("cls", cls, dims=(1, 2, 3), shape_hint="[D], [1, D] or [1, 1, D]")
     if cls.numel() != d or any(s != 1 for s in cls.shape[:-1]):
         raise ValueError(
@@ -110,11 +105,8 @@ def patch_embed(
         )
     _check_param("pos", pos, weight, tuple(pos.shape))
     check_same_device(frames=frames, weight=weight, bias=bias, cls=cls, pos=pos)
-    mean_v = check_triple("mean", mean)
-    std_v = check_triple("std", std)
-    if any(s == 0.0 for s in std_v):
-        raise ValueError(f"std: every entry must be non-zero, got {tuple(std_v)}")
-    _check_no_grad(frames=frames, weight=weight, bias=bias, cls=cls, pos=pos)
+    mean_v, std_v = check_normalization(mean, std, weight.dtype)
+    check_no_grad("patch_embed", frames=frames, weight=weight, bias=bias, cls=cls, pos=pos)
     chosen = _resolve_backend(backend, frames)
     cls_d = cls.reshape(d).contiguous()
     pos_2d = pos.reshape(1 + n_patches, d).contiguous()
@@ -123,8 +115,8 @@ def patch_embed(
     )
 
 
-def _check_frames(frames: object) -> tuple[int, int]:
-    """(H, W) of valid frames; raises naming ``frames`` otherwise."""
+def _check_frames(frames: object) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(frames in the layout the kernels read, (H, W)); raises naming ``frames`` otherwise."""
     check_tensor("frames", frames, dims=4, shape_hint="[F, H, W, 3] uint8 or [F, 3, H, W] float")
     assert isinstance(frames, torch.Tensor)
     if frames.dtype == torch.uint8:
@@ -133,12 +125,8 @@ def _check_frames(frames: object) -> tuple[int, int]:
                 f"frames: uint8 frames must be [F, H, W, 3] with 3 channels last (RGB), got "
                 f"shape {tuple(frames.shape)}"
             )
-        if frames.stride(-1) != 1 and frames.numel() > 0:
-            raise ValueError(
-                f"frames: the channel stride of uint8 frames must be 1 (interleaved RGB bytes), "
-                f"got strides {tuple(frames.stride())}; call .contiguous() first"
-            )
-        return frames.shape[1], frames.shape[2]
+        # The compiled patchify kernel reads interleaved RGB bytes (channel stride 1).
+        return check_tensor("frames", frames, layout="rows"), (frames.shape[1], frames.shape[2])
     if frames.dtype not in DTYPES:
         raise TypeError(
             f"frames: expected dtype torch.uint8 ([F, H, W, 3] decoded frames) or "
@@ -149,7 +137,7 @@ def _check_frames(frames: object) -> tuple[int, int]:
             f"frames: float frames must be [F, 3, H, W] (3 channels, channels first), got shape "
             f"{tuple(frames.shape)}"
         )
-    return frames.shape[2], frames.shape[3]
+    return frames, (frames.shape[2], frames.shape[3])
 
 
 def _check_param(name: str, t: torch.Tensor, weight: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -158,78 +146,5 @@ def _check_param(name: str, t: torch.Tensor, weight: torch.Tensor, shape: tuple[
     check_dtype(name, t, (weight.dtype,))
 
 
-def _check_no_grad(**tensors: torch.Tensor | None) -> None:
-    if not torch.is_grad_enabled():
-        return
-    for name, t in tensors.items():
-        if t is not None and t.requires_grad:
-            raise RuntimeError(
-                f"{name}: requires grad, but this op has no backward; call it under "
-                "torch.no_grad() or torch.inference_mode()"
-            )
-
-
 def _resolve_backend(backend: str, frames: torch.Tensor) -> str:
-    return resolve_backend(
-        "patch_embed", backend, frames.device, choices=CHOICES, auto_order=("triton", "cuda")
-    )
-
-
-def _new_output(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device):
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _scale_shift(mean: list[float], std: list[float]) -> tuple[tuple[float, ...], ...]:
-    # (x/255 - mean)/std == x * (1/(255 std)) + (-mean/std): one FMA per pixel in the kernels.
-    return tuple(1.0 / (255.0 * s) for s in std), tuple(-m / s for m, s in zip(mean, std))
-
-
-def _out_shape(frames: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int]:
-    p = weight.shape[-1]
-    h, w = frames.shape[1:3] if frames.dtype == torch.uint8 else frames.shape[2:4]
-    return frames.shape[0], 1 + (h // p) * (w // p), weight.shape[0]
-
-
-@torch.library.custom_op("haic_kernels::patch_embed", mutates_args=())
-def _patch_embed_op(
-    frames: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    cls: torch.Tensor,
-    pos: torch.Tensor,
-    mean: list[float],
-    std: list[float],
-    backend: str,
-) -> torch.Tensor:
-    """The op behind `patch_embed` (arguments checked, cls [D] and pos [1+P, D] contiguous)."""
-    if backend == "torch":
-        from haic_kernels.ops.patch_embed.reference import patch_embed_reference
-
-        return patch_embed_reference(frames, weight, bias, cls, pos, mean, std)
-    out = _new_output(_out_shape(frames, weight), weight.dtype, frames.device)
-    scale, shift = _scale_shift(mean, std)
-    if backend == "triton":
-        from haic_kernels.ops.patch_embed import triton as impl
-    elif backend == "cuda":
-        from haic_kernels.ops.patch_embed import cuda as impl  # type: ignore[no-redef]
-    else:
-        raise ValueError(f"backend: expected 'torch', 'triton' or 'cuda', got {backend!r}")
-    w_kd = cached_layout(weight, ("patch_embed", backend), impl.prepare_weight)
-    run = impl.patch_embed_triton if backend == "triton" else impl.patch_embed_cuda
-    run(frames, w_kd, bias, cls, pos, out, weight.shape[-1], scale, shift)
-    return out
-
-
-@_patch_embed_op.register_fake
-def _patch_embed_fake(
-    frames: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    cls: torch.Tensor,
-    pos: torch.Tensor,
-    mean: list[float],
-    std: list[float],
-    backend: str,
-) -> torch.Tensor:
-    return frames.new_empty(_out_shape(frames, weight), dtype=weight.dtype)
+    return DISPATCH.resolve(backend, frames.device)

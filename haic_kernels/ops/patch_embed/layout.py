@@ -9,7 +9,7 @@ def weight_kd(weight: torch.Tensor, k_multiple: int) -> torch.Tensor:
     """[D, 3, p, p] -> contiguous [K_pad, D]: K = 3*p*p in (c, kh, kw) order, zero rows past K,
     K_pad = K rounded up to ``k_multiple``."""
     d = weight.shape[0]
-    k = weight[0].numel()
+    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     k_pad = -(-k // k_multiple) * k_multiple
     out = weight.new_zeros((k_pad, d))
     out[:k] = weight.reshape(d, k).t()

@@ -45,6 +45,10 @@ def patch_embed_reference(
     else:
         x = frames.to(dtype)
     p = weight.shape[-1]
-    y = F.conv2d(x, weight, bias, stride=p).flatten(2).transpose(1, 2)  # [F, P, D]
+    n_patches = (x.shape[2] // p) * (x.shape[3] // p)
+    if n_patches == 0 or weight.shape[0] == 0:  # conv2d takes neither an empty image nor D = 0
+        y = x.new_zeros((x.shape[0], n_patches, weight.shape[0]))
+    else:
+        y = F.conv2d(x, weight, bias, stride=p).flatten(2).transpose(1, 2)  # [F, P, D]
     c = cls.reshape(1, 1, -1).to(dtype).expand(y.shape[0], 1, -1)
     return (torch.cat([c, y], dim=1) + pos.to(dtype).unsqueeze(0)).contiguous()

@@ -1,7 +1,7 @@
 """patchify: uint8 video frames -> normalized rows in patch order, ready for the patch-embed GEMM.
 
-Public function, argument checks, backend choice and the ``haic_kernels::patchify`` custom op.
-Backends are imported lazily, on first use.
+The public function: argument checks and backend choice. The ``haic_kernels::patchify`` custom op
+and its dispatch table live in ops.py; the normalization checks here are shared with patch_embed.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import torch
 
 from haic_kernels.constants import CLIP_MEAN, CLIP_STD
-from haic_kernels.ops._common import check_int, check_triple, resolve_backend
+from haic_kernels.ops._common import check_int, check_tensor, check_triple
+from haic_kernels.ops.patchify.ops import DISPATCH
 
-__all__ = ["BACKENDS", "DTYPES", "patchify"]
+__all__ = ["BACKENDS", "DTYPES", "check_normalization", "patchify"]
 
-CHOICES = ("torch", "triton", "cuda")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -34,10 +34,11 @@ def patchify(
 
     Args:
         frames: uint8 ``[F, H, W, 3]``, channels last as video decoders produce them. Any
-            strides (a crop view, every other frame, ...) as long as the channel stride is 1.
-            ``H`` and ``W`` must be multiples of ``patch_size``.
+            strides (a crop view, every other frame, ...); a channel stride other than 1 costs
+            one copy. ``H`` and ``W`` must be multiples of ``patch_size``.
         patch_size: ``p``, the side of a square patch (14 for EVA2-CLIP).
-        mean, std: per-channel normalization (RGB), CLIP's by default.
+        mean, std: per-channel normalization (RGB), CLIP's by default. ``std`` entries must be
+            > 0 and large enough that every normalized value is finite in ``dtype``.
         dtype: output dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``.
         k_multiple: pad each row to a multiple of this many elements (e.g. 8 for 16-byte-aligned
             bf16 rows: 588 -> 592). Padding columns are exactly 0.
@@ -68,7 +69,7 @@ def patchify(
     Registered as ``torch.ops.haic_kernels.patchify`` (with a fake kernel), so
     ``torch.compile(fullgraph=True)`` traces through it.
     """
-    _check_frames(frames)
+    frames = _check_frames(frames)
     p = check_int("patch_size", patch_size)
     _, h, w, _ = frames.shape
     if h % p != 0 or w % p != 0:
@@ -76,27 +77,49 @@ def patchify(
             f"frames: H and W must be multiples of patch_size={p}, got H={h}, W={w} "
             "(crop or resize the frames first)"
         )
-    mean_v = check_triple("mean", mean)
-    std_v = check_triple("std", std)
-    if any(s == 0.0 for s in std_v):
-        raise ValueError(f"std: every entry must be non-zero, got {tuple(std_v)}")
     if dtype not in DTYPES:
         raise ValueError(
             f"dtype: expected one of torch.float32, torch.float16, torch.bfloat16, got {dtype}"
         )
+    mean_v, std_v = check_normalization(mean, std, dtype)
     m = check_int("k_multiple", k_multiple)
     k_pad = -(-3 * p * p // m) * m
     chosen = _resolve_backend(backend, frames)
     return torch.ops.haic_kernels.patchify(frames, p, mean_v, std_v, dtype, k_pad, chosen)
 
 
-def _check_frames(frames: object) -> None:
-    if not isinstance(frames, torch.Tensor):
-        raise TypeError(f"frames: expected a torch.Tensor, got {type(frames).__name__}")
+def check_normalization(
+    mean: object, std: object, dtype: torch.dtype
+) -> tuple[list[float], list[float]]:
+    """(mean, std) as lists of 3 floats, with every ``(x/255 - mean)/std`` finite in ``dtype``.
+
+    ``std == 1e-50`` passes a non-zero test but overflows: the check bounds the largest
+    normalized value, ``max(|mean|, |1 - mean|) / std``, by half the dtype's largest finite
+    value (headroom for the fp32 FMA's rounding), which also keeps the kernels' ``1/(255 std)``
+    finite.
+    """
+    mean_v = check_triple("mean", mean)
+    std_v = check_triple("std", std)
+    if any(s <= 0.0 for s in std_v):
+        raise ValueError(f"std: every entry must be > 0, got {tuple(std_v)}")
+    limit = torch.finfo(dtype).max / 2
+    for m, s in zip(mean_v, std_v):
+        largest = max(abs(m), abs(1.0 - m)) / s
+        if not largest <= limit:
+            raise ValueError(
+                f"std: {s!r} is too small: (x/255 - {m!r}) / {s!r} reaches {largest:.3g}, not "
+                f"finite in {dtype} (largest {torch.finfo(dtype).max:.3g})"
+            )
+    return mean_v, std_v
+
+
+def _check_frames(frames: object) -> torch.Tensor:
+    check_tensor("frames", frames)
+    assert isinstance(frames, torch.Tensor)
     if frames.dtype != torch.uint8:
         raise TypeError(
             f"frames: expected dtype torch.uint8 (decoded video frames), got {frames.dtype}; "
-            "float images belong to patch_embed's float path (coming later)"
+            "normalized float images go to patch_embed's float path"
         )
     if frames.dim() != 4:
         raise ValueError(
@@ -108,71 +131,9 @@ def _check_frames(frames: object) -> None:
             f"frames: expected 3 channels in the last dim (channels last, RGB), got shape "
             f"{tuple(frames.shape)}; for [F, 3, H, W] use frames.permute(0, 2, 3, 1)"
         )
-    if frames.stride(-1) != 1:
-        raise ValueError(
-            f"frames: the channel stride must be 1 (interleaved RGB bytes), got strides "
-            f"{tuple(frames.stride())}; call .contiguous() first"
-        )
+    # The kernels read interleaved RGB bytes (channel stride 1) and take the other strides.
+    return check_tensor("frames", frames, layout="rows")
 
 
 def _resolve_backend(backend: str, frames: torch.Tensor) -> str:
-    return resolve_backend(
-        "patchify", backend, frames.device, choices=CHOICES, auto_order=("cuda", "triton")
-    )
-
-
-def _new_output(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device):
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _scale_shift(mean: list[float], std: list[float]) -> tuple[tuple[float, ...], ...]:
-    # (x/255 - mean)/std == x * (1/(255 std)) + (-mean/std): one FMA per element in the kernels.
-    scale = tuple(1.0 / (255.0 * s) for s in std)
-    shift = tuple(-m / s for m, s in zip(mean, std))
-    return scale, shift
-
-
-@torch.library.custom_op("haic_kernels::patchify", mutates_args=())
-def _patchify_op(
-    frames: torch.Tensor,
-    patch_size: int,
-    mean: list[float],
-    std: list[float],
-    dtype: torch.dtype,
-    k_pad: int,
-    backend: str,
-) -> torch.Tensor:
-    """The op behind `patchify` (arguments already checked, ``backend`` already resolved)."""
-    if backend == "torch":
-        from haic_kernels.ops.patchify.reference import patchify_reference
-
-        return patchify_reference(frames, patch_size, mean, std, dtype, k_pad)
-    n, h, w, _ = frames.shape
-    out = _new_output((n, (h // patch_size) * (w // patch_size), k_pad), dtype, frames.device)
-    scale, shift = _scale_shift(mean, std)
-    if backend == "triton":
-        from haic_kernels.ops.patchify.triton import patchify_triton
-
-        patchify_triton(frames, out, patch_size, scale, shift)
-    elif backend == "cuda":
-        from haic_kernels.ops.patchify.cuda import patchify_cuda
-
-        patchify_cuda(frames, out, patch_size, scale, shift)
-    else:
-        raise ValueError(f"backend: expected 'torch', 'triton' or 'cuda', got {backend!r}")
-    return out
-
-
-@_patchify_op.register_fake
-def _patchify_fake(
-    frames: torch.Tensor,
-    patch_size: int,
-    mean: list[float],
-    std: list[float],
-    dtype: torch.dtype,
-    k_pad: int,
-    backend: str,
-) -> torch.Tensor:
-    n, h, w, _ = frames.shape
-    return frames.new_empty((n, (h // patch_size) * (w // patch_size), k_pad), dtype=dtype)
+    return DISPATCH.resolve(backend, frames.device)

@@ -1,32 +1,50 @@
 """rope: rotary position embedding from position ids, rotate-half or interleaved pairs.
 
-Public functions, argument checks, backend choice and the ``haic_kernels::rope`` custom op.
-Backends are imported lazily, on first use.
+The public functions: argument checks and backend choice. The ``haic_kernels::rope`` custom op
+and its dispatch table live in ops.py.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from haic_kernels.ops._common import check_int, check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import (
+    check_bool,
+    check_float,
+    check_int,
+    check_no_grad,
+    check_same_device,
+    check_tensor,
+    check_values,
+)
+from haic_kernels.ops.rope.ops import DISPATCH
 
-__all__ = ["BACKENDS", "DTYPES", "apply_rope", "inv_freq", "rope_qkv"]
+__all__ = ["BACKENDS", "DTYPES", "PRECISIONS", "apply_rope", "inv_freq", "rope_qkv"]
 
-CHOICES = ("torch", "triton")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT_DTYPES = (torch.int32, torch.int64)
+PRECISIONS = ("fp32", "release")
 
-_inv_freq_cache: dict[tuple[float, int, torch.device], torch.Tensor] = {}
+_inv_freq_cache: dict[tuple[float, int, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def inv_freq(theta: float, head_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """fp32 ``[D/2]``: ``1 / theta ** (arange(0, D, 2) / D)``, computed as the model's rotary
-    module computes it (so the angles agree bit for bit). Cached per (theta, D, device)."""
-    key = (float(theta), int(head_dim), torch.device(device))
+def inv_freq(
+    theta: float,
+    head_dim: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """fp32 ``[D/2]``: ``1 / theta ** (arange(0, D, 2) / D)`` computed in ``dtype`` (each step
+    rounded to it, as the release's buffer is built in a bf16 model), returned as fp32 values.
+    Computed as the model's rotary module computes it, so the angles agree bit for bit. Cached
+    per (theta, D, device, dtype)."""
+    key = (float(theta), int(head_dim), torch.device(device), dtype)
     if key not in _inv_freq_cache:
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
-        _inv_freq_cache[key] = 1.0 / (float(theta) ** (exponents / head_dim))
+        exponents = torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim
+        _inv_freq_cache[key] = (1.0 / (float(theta) ** exponents)).float()
     return _inv_freq_cache[key]
 
 
@@ -38,6 +56,7 @@ def rope_qkv(
     num_kv_heads: int,
     theta: float = 500000.0,
     interleaved: bool = False,
+    rope_precision: str = "fp32",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused QKV projection, rotate q and k, copy v: one pass over the data.
@@ -45,11 +64,17 @@ def rope_qkv(
     Args:
         qkv: ``[T, W]`` or ``[B, S, W]``, ``W = (Hq + 2 Hkv) * D`` laid out ``[q | k | v]``
             with heads ``h*D .. h*D + D - 1`` inside each part (CogVLM's
-            ``language_expert_query_key_value`` output); float32/16, bfloat16; unit last stride.
-        position_ids: integer ``[T]`` or ``[B, S]`` (matching qkv's leading dims), >= 0.
+            ``language_expert_query_key_value`` output); float32/16, bfloat16; any strides (a
+            last dim that is not contiguous costs a copy).
+        position_ids: integer ``[T]`` or ``[B, S]`` (matching qkv's leading dims), >= 0
+            (checked: eagerly on CPU, by an asynchronous device assert on CUDA).
         num_heads, num_kv_heads: Hq and Hkv; D = W / (Hq + 2 Hkv) must be even.
-        theta: RoPE base (500000 for Llama-3 / CogVLM2).
+        theta: RoPE base (500000 for Llama-3 / CogVLM2), finite and > 0.
         interleaved: pairs ``(2i, 2i+1)`` instead of rotate-half ``(i, i + D/2)``.
+        rope_precision: ``"fp32"``: the angles below in fp32; ``"release"``: as the CogVLM2
+            release computes them in a model of qkv's dtype - ``pos``, ``f_i`` (built in that
+            dtype, see `inv_freq`) and ``pos * f_i`` rounded to it (the same as fp32 for fp32
+            input). ``TextConfig.rope_precision`` says which a model uses.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (``auto``: Triton for CUDA tensors where
             verified, else PyTorch).
 
@@ -74,7 +99,7 @@ def rope_qkv(
         )
     d = width // (hq + 2 * hkv)
     outs = _run(qkv, position_ids, theta, [hq, hkv, hkv], [True, True, False], d, interleaved,
-                backend)  # fmt: skip
+                rope_precision, backend)  # fmt: skip
     lead = qkv.shape[:-1]
     q, k, v = (o.view(*lead, o.shape[1], d) for o in outs)
     return q, k, v
@@ -86,6 +111,7 @@ def apply_rope(
     *,
     theta: float = 500000.0,
     interleaved: bool = False,
+    rope_precision: str = "fp32",
     backend: str = "auto",
 ) -> torch.Tensor:
     """Rotary embedding of one tensor, out of place: ``x [T, H, D]`` or ``[B, S, H, D]``
@@ -96,7 +122,7 @@ def apply_rope(
     check_tensor("x", x, dims=(3, 4), dtypes=DTYPES, shape_hint="[T, H, D] or [B, S, H, D]")
     h, d = x.shape[-2], x.shape[-1]
     flat = x.reshape(*x.shape[:-2], h * d)
-    (out,) = _run(flat, position_ids, theta, [h], [True], d, interleaved, backend)
+    (out,) = _run(flat, position_ids, theta, [h], [True], d, interleaved, rope_precision, backend)
     return out.view(x.shape)
 
 
@@ -108,14 +134,16 @@ def _run(
     rotate: list[bool],
     d: int,
     interleaved: bool,
+    rope_precision: str,
     backend: str,
 ) -> list[torch.Tensor]:
+    name = "qkv" if len(heads) == 3 else "x"  # the caller's argument: rope_qkv's 3 groups, or x
     if d % 2 or d == 0:
-        raise ValueError(f"head dim: expected an even head dim >= 2, got {d}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise ValueError(f"theta: expected a positive number, got {theta!r}")
-    if not isinstance(interleaved, bool):
-        raise TypeError(f"interleaved: expected a bool, got {interleaved!r}")
+        raise ValueError(f"{name}: expected an even head dim >= 2, got {d}")
+    theta = check_float("theta", theta, positive=True)
+    check_bool("interleaved", interleaved)
+    if rope_precision not in PRECISIONS:
+        raise ValueError(f"rope_precision: expected one of {PRECISIONS}, got {rope_precision!r}")
     check_tensor("position_ids", position_ids, dtypes=_INT_DTYPES)
     lead = tuple(x.shape[:-1])
     if tuple(position_ids.shape) != lead:
@@ -123,49 +151,17 @@ def _run(
             f"position_ids: expected shape {lead} (the leading dims of the input), got "
             f"{tuple(position_ids.shape)}"
         )
-    check_same_device(input=x, position_ids=position_ids)
-    if torch.is_grad_enabled() and x.requires_grad:
-        raise RuntimeError("rope has no backward: call it under torch.no_grad() / inference_mode")
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    check_same_device(**{name: x}, position_ids=position_ids)
+    check_values(position_ids >= 0, "position_ids: expected positions >= 0")
+    check_no_grad("rope", **{name: x})
+    x2 = check_tensor(name, x.reshape(math.prod(lead), x.shape[-1]), layout="rows")
     pos = position_ids.reshape(-1).contiguous()
-    chosen = resolve_backend("rope", backend, x.device, choices=CHOICES, auto_order=("triton",))
-    freqs = inv_freq(theta, d, x.device)
-    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, chosen)
-
-
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-@torch.library.custom_op("haic_kernels::rope", mutates_args=())
-def _rope_op(
-    x: torch.Tensor,
-    position_ids: torch.Tensor,
-    inv_freq: torch.Tensor,
-    heads: list[int],
-    rotate: list[bool],
-    interleaved: bool,
-    backend: str,
-) -> list[torch.Tensor]:
-    """The op behind `rope_qkv` / `apply_rope`: x [T, sum(heads) * D] -> [T, h, D] per group."""
-    if backend == "torch":
-        from haic_kernels.ops.rope.reference import rope_reference
-
-        return rope_reference(x, position_ids, inv_freq, heads, rotate, interleaved)
-    if backend == "triton":
-        from haic_kernels.ops.rope.triton import rope_triton
-
-        d = 2 * inv_freq.shape[0]
-        outs = [_new_output((x.shape[0], h, d), x.dtype, x.device) for h in heads]
-        rope_triton(x, position_ids, inv_freq, outs, rotate, interleaved)
-        return outs
-    raise ValueError(f"backend: expected 'torch' or 'triton', got {backend!r}")
-
-
-@_rope_op.register_fake
-def _rope_fake(x, position_ids, inv_freq, heads, rotate, interleaved, backend):
-    d = 2 * inv_freq.shape[0]
-    return [x.new_empty((x.shape[0], h, d)) for h in heads]
+    chosen = DISPATCH.resolve(backend, x.device)
+    # In fp32 the release's rounding is the identity: one kernel variant less to run.
+    release = rope_precision == "release" and x.dtype != torch.float32
+    freq_dtype = x.dtype if release else torch.float32
+    # The largest frequency, theta^-((D-2)/D), must be finite in the dtype it is built in.
+    if -(d - 2) / d * math.log(theta) >= math.log(torch.finfo(freq_dtype).max):
+        raise ValueError(f"theta: {theta!r} gives non-finite frequencies 1/theta^(2i/D)")
+    freqs = inv_freq(theta, d, x.device, freq_dtype)
+    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, release, chosen)

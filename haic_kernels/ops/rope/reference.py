@@ -1,7 +1,8 @@
 """rope in plain PyTorch: the "torch" backend, written like the model's RotaryEmbedding.
 
-Angles ``pos * inv_freq`` in fp32, cos/sin rounded to the tensor's dtype (as the model's rotary
-module returns them), rotation in fp32, one rounding back.
+Angles ``pos * inv_freq`` in fp32 (``release``: the position and the angle rounded to the tensor's
+dtype first, as the CogVLM2 release computes them), cos/sin rounded to the tensor's dtype (as the
+model's rotary module returns them), rotation in fp32, one rounding back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def rope_reference(
     heads: list[int],
     rotate: list[bool],
     interleaved: bool,
+    release: bool = False,
 ) -> list[torch.Tensor]:
     """x [T, sum(heads) * D], position_ids [T], inv_freq fp32 [D/2] -> one [T, h, D] per group.
 
@@ -23,7 +25,11 @@ def rope_reference(
     """
     t = x.shape[0]
     d = 2 * inv_freq.shape[0]
-    angles = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # [T, D/2]
+    if release:
+        # in x's dtype; cos/sin below then run on the x-dtype tensor, as the release's do
+        angles = position_ids.to(x.dtype).unsqueeze(-1) * inv_freq.to(x.dtype)
+    else:
+        angles = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # [T, D/2]
     if interleaved:
         angles = angles.repeat_interleave(2, dim=-1)
     else:

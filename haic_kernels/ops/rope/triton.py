@@ -79,13 +79,20 @@ def _rope_fwd_kernel(
     ROT2: tl.constexpr,
     ROUND: tl.constexpr,  # round cos/sin to x's dtype first, as the model's rotary module does
     INTERLEAVED: tl.constexpr,
+    RELEASE: tl.constexpr,  # round pos and pos * inv_freq to x's dtype (the release's bf16 angles)
 ):
     t = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     pos = tl.load(pos_ptr + t).to(tl.float32)
     i = tl.arange(0, HALF_P2)[None, :]
     inv = tl.load(inv_freq_ptr + i, mask=i < HALF, other=0.0)
-    angle = pos * inv
+    if RELEASE:
+        # inv holds values of x's dtype; the fp32 product of two such values is exact, so one
+        # rounding of it is the release's low-precision multiply.
+        pos = pos.to(x_ptr.dtype.element_ty).to(tl.float32)
+        angle = (pos * inv).to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        angle = pos * inv
     cos = tl.cos(angle)
     sin = tl.sin(angle)
     if ROUND:
@@ -111,10 +118,12 @@ def rope_triton(
     outs: list[torch.Tensor],
     rotate: list[bool],
     interleaved: bool,
+    release: bool = False,
 ) -> None:
     """Write the 1-3 head groups of ``x`` [T, sum(h) * D] (unit last stride) into ``outs``
     ([T, h_g, D] contiguous each), rotated where ``rotate[g]``. position_ids int [T],
-    inv_freq fp32 [D/2] contiguous (the caller validates)."""
+    inv_freq fp32 [D/2] contiguous (the caller validates). ``release``: positions and angles
+    rounded to x's dtype (x not fp32)."""
     t = x.shape[0]
     groups = len(outs)
     if t == 0 or groups == 0:
@@ -138,6 +147,7 @@ def rope_triton(
         ROT2=rot[2],
         ROUND=x.dtype != torch.float32,
         INTERLEAVED=interleaved,
+        RELEASE=release,
         num_warps=_NUM_WARPS,
     )
 
@@ -147,14 +157,16 @@ def rope_triton(
 # positions; the interleaved form only in bf16 for the quick run.
 AOT_CASES = [
     dict(
-        kernel="_rope_fwd_kernel", variant=f"{name},interleaved={inter}",
+        kernel="_rope_fwd_kernel", variant=f"{name},interleaved={inter},release={release}",
         args=dict(x_ptr=dt, pos_ptr=torch.int64, inv_freq_ptr=torch.float32, out0_ptr=dt,
                   out1_ptr=dt, out2_ptr=dt, stride_x=6144, h0=32, h1=8, h2=8, HALF=64,
                   HALF_P2=64, H_P2=32, ROT0=True, ROT1=True, ROT2=False,
-                  ROUND=dt != torch.float32, INTERLEAVED=inter),
+                  ROUND=dt != torch.float32, INTERLEAVED=inter, RELEASE=release),
         warps=_NUM_WARPS, quick=not inter or dt == torch.bfloat16,
         hot=dt == torch.bfloat16 and not inter,
     )
     for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
     for inter in (False, True)
+    # rope_precision="release" (low-precision angles) is the model's rotate-half path
+    for release in ((False, True) if dt != torch.float32 and not inter else (False,))
 ]  # fmt: skip

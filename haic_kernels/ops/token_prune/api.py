@@ -1,7 +1,7 @@
 """token_prune kernels: score, select, compact and merge visual tokens.
 
-Public functions, argument checks, backend choice and the ``haic_kernels::token_prune_*`` custom
-ops. Backends are imported lazily, on first use. The pruning policies built on these live in
+The public functions: argument checks and backend choice. The ``haic_kernels::token_prune_*``
+custom ops and their dispatch tables live in ops.py. The pruning policies built on these live in
 ``haic_kernels.pruning``.
 
 Shapes: ``F`` frames (all videos of a batch back to back), ``N`` patch tokens per frame (64 at
@@ -10,13 +10,22 @@ full size), ``D`` features; ``T`` tokens of a packed (varlen) sequence; ``G`` se
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from haic_kernels.ops._common import check_same_device, check_tensor, resolve_backend
+from haic_kernels.ops._common import (
+    check_cu_seqlens,
+    check_int,
+    check_max_seqlen,
+    check_no_grad,
+    check_same_device,
+    check_tensor,
+    check_values,
+)
+from haic_kernels.ops.token_prune.ops import COSINE, GATHER, MERGE, NEAREST, SELECT
 
 __all__ = [
     "BACKENDS",
@@ -32,35 +41,9 @@ __all__ = [
 ]
 
 OP = "token_prune"
-CHOICES = ("torch", "triton")
-BACKENDS = ("auto", *CHOICES)
+BACKENDS = ("auto", *COSINE.choices)
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTS = (torch.int32, torch.int64)
-
-
-# segment_topk also has a CUDA kernel (csrc/token_select.cu); the other ops are Triton only.
-SELECT_CHOICES = ("torch", "triton", "cuda")
-
-
-def _resolve(backend: str, device: torch.device, select: bool = False) -> str:
-    if select:
-        return resolve_backend(
-            OP, backend, device, choices=SELECT_CHOICES, auto_order=("cuda", "triton")
-        )
-    return resolve_backend(OP, backend, device, choices=CHOICES, auto_order=("triton",))
-
-
-def _no_grad(name: str, t: torch.Tensor) -> None:
-    if t.requires_grad:
-        raise RuntimeError(
-            f"{name}: token_prune ops have no backward (selection is not differentiable); "
-            "call them under torch.no_grad() or pass a detached tensor"
-        )
-
-
-def _new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output allocation of the fast backends (tests replace it to poison the buffer)."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ---- keep ratio -------------------------------------------------------------------------------
@@ -86,8 +69,8 @@ def keep_counts(lengths: torch.Tensor, keep_ratio: float, *, min_keep: int = 1) 
     """
     r = check_keep_ratio(keep_ratio)
     check_tensor("lengths", lengths, dims=1, dtypes=INTS)
-    if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
-        raise ValueError(f"min_keep: expected an int >= 0, got {min_keep!r}")
+    check_int("min_keep", min_keep, minimum=0)
+    check_values(lengths >= 0, "lengths: segment lengths must be >= 0")
     n = lengths.to(torch.float64)
     k = torch.ceil(n * r - 1e-9).to(torch.long)
     k = torch.maximum(k, torch.clamp(lengths.to(torch.long), max=min_keep))
@@ -120,21 +103,25 @@ def frame_cosine_scores(
 
         score[f, n] = 1 - <x[f,n], x[f-1,n]> / sqrt(max(|x[f,n]|^2 |x[f-1,n]|^2, 1e-16))
     """
-    check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]")
-    _no_grad("x", x)
+    # The kernel takes any frame/token strides, not a strided last dim.
+    x = check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]", layout="rows")
+    check_no_grad(OP, x=x)
+    if isinstance(first_score, bool) or not isinstance(first_score, (int, float)):
+        raise TypeError(f"first_score: expected a number (+-inf allowed), got {first_score!r}")
+    if math.isnan(first_score):
+        raise ValueError("first_score: expected a number, got NaN (it would not rank)")
     f = x.shape[0]
     if cu_frames is None:
-        cu = torch.tensor([0, f], dtype=torch.int64, device=x.device)
+        cu = torch.tensor([0, f], dtype=torch.int32, device=x.device)
     else:
-        cu = _check_cu("cu_frames", cu_frames, f, x.device)
-    starts = torch.zeros(f, dtype=torch.bool, device=x.device)
-    lens = cu[1:] - cu[:-1]
-    starts[cu[:-1][lens > 0].long()] = True
+        cu = check_cu_seqlens("cu_frames", cu_frames, f, x.device, what="frames")
+    # A video's first frame has no previous one. An empty video's start equals the next
+    # video's (or F): marking that frame is right either way, and the extra slot absorbs F.
+    starts = torch.zeros(f + 1, dtype=torch.bool, device=x.device)
+    starts[cu[:-1].long().clamp(0, f)] = True
     ar = torch.arange(f, device=x.device, dtype=torch.int32)
-    prev = torch.where(starts, torch.full_like(ar, -1), ar - 1)
-    chosen = _resolve(backend, x.device)
-    if x.stride(-1) != 1:
-        x = x.contiguous()  # the kernel takes any frame/token strides, not a strided last dim
+    prev = torch.where(starts[:f], torch.full_like(ar, -1), ar - 1)
+    chosen = COSINE.resolve(backend, x.device)
     return torch.ops.haic_kernels.token_prune_frame_cosine(x, prev, float(first_score), chosen)
 
 
@@ -149,16 +136,16 @@ def nearest_kept(x: torch.Tensor, keep: torch.Tensor, *, backend: str = "auto") 
     ties); ``i`` itself where ``keep[f, i]``; -1 in a frame that keeps no token. Cosine as in
     `frame_cosine_scores`, the Gram matrix accumulated in fp32.
     """
-    check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]")
-    check_tensor("keep", keep, dims=2, dtypes=(torch.bool,))
-    _no_grad("x", x)
+    x = check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]", layout="contiguous")
+    keep = check_tensor("keep", keep, dims=2, dtypes=(torch.bool,), layout="contiguous")
+    check_no_grad(OP, x=x)
     check_same_device(x=x, keep=keep)
     if tuple(keep.shape) != tuple(x.shape[:2]):
         raise ValueError(f"keep: expected shape {tuple(x.shape[:2])}, got {tuple(keep.shape)}")
     if x.shape[1] > 1024:
         raise ValueError(f"x: at most 1024 tokens per frame, got N={x.shape[1]}")
-    chosen = _resolve(backend, x.device)
-    return torch.ops.haic_kernels.token_prune_nearest_kept(x.contiguous(), keep, chosen)
+    chosen = NEAREST.resolve(backend, x.device)
+    return torch.ops.haic_kernels.token_prune_nearest_kept(x, keep, chosen)
 
 
 # ---- selection --------------------------------------------------------------------------------
@@ -180,7 +167,9 @@ def segment_topk(
         cu_seqlens: int32/int64 ``[G+1]``, segment g is ``scores[cu[g]:cu[g+1]]`` (a frame, a
             video, ...; empty segments allowed).
         k: int ``[G]``, tokens to keep per segment (clamped to [0, length]); see `keep_counts`.
-        max_seqlen: the longest segment (computed if None; pass it to avoid a device sync).
+        max_seqlen: the longest segment (computed if None: one device sync for CUDA tensors;
+            pass it to avoid that). Checked, never trusted: too small raises (CPU) or fails a
+            device assert (CUDA), and the kernels rank every element of longer segments anyway.
         backend: ``"auto"`` | ``"torch"`` | ``"triton"`` | ``"cuda"`` (csrc/token_select.cu).
 
     Returns bool ``[T]``: ``keep[i]`` iff fewer than ``k[g]`` elements j of i's segment have
@@ -188,25 +177,22 @@ def segment_topk(
     ``keep.nonzero()`` gives the kept indices in sequence order.
     """
     check_tensor("scores", scores, dims=1, dtypes=(*FLOATS, torch.float64))
-    _no_grad("scores", scores)
+    check_no_grad(OP, scores=scores)
     t = scores.shape[0]
-    cu = _check_cu("cu_seqlens", cu_seqlens, t, scores.device)
-    check_tensor("k", k, dims=1, dtypes=INTS)
-    check_same_device(scores=scores, cu_seqlens=cu_seqlens, k=k)
+    cu = check_cu_seqlens("cu_seqlens", cu_seqlens, t, scores.device, what="scores")
+    check_tensor("k", k, dims=1, dtypes=INTS, device=scores.device)
     if k.shape[0] != cu.shape[0] - 1:
         raise ValueError(
             f"k: expected {cu.shape[0] - 1} entries (one per segment), got {k.shape[0]}"
         )
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores: NaN is not orderable; replace it (e.g. with -inf) first")
-    if max_seqlen is None:
-        max_seqlen = int((cu[1:] - cu[:-1]).max()) if cu.shape[0] > 1 else 0
-    chosen = _resolve(backend, scores.device, select=True)
+    check_values(~torch.isnan(scores), "scores: NaN is not orderable; replace it (e.g. -inf)")
+    longest = check_max_seqlen("max_seqlen", max_seqlen, cu, t)
+    chosen = SELECT.resolve(backend, scores.device)
     return torch.ops.haic_kernels.token_prune_segment_topk(
         scores.to(torch.float32).contiguous(),
-        cu.to(torch.int32),
+        cu,
         k.to(torch.int32).clamp_min(0),
-        int(max_seqlen),
+        longest,
         chosen,
     )
 
@@ -215,16 +201,20 @@ def segment_topk(
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """``x[index]`` for x ``[R, ...]`` (any dtype) and index int ``[K]`` in ``[0, R)``."""
-    check_tensor("x", x, dims=range(1, 9))
+    """``x[index]`` for x ``[R, ...]`` (any dtype) and index int ``[K]`` in ``[0, R)``.
+
+    The range is checked eagerly for CPU tensors and by a device assert for CUDA ones; the
+    kernel clamps each index into ``[0, R)`` meanwhile, so it never reads outside ``x``.
+    """
+    x = check_tensor("x", x, dims=range(1, 9), layout="contiguous")
     check_tensor("index", index, dims=1, dtypes=INTS)
-    _no_grad("x", x)
+    check_no_grad(OP, x=x)
     check_same_device(x=x, index=index)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= x.shape[0]):
-        raise ValueError(f"index: entries must lie in [0, {x.shape[0]})")
-    chosen = _resolve(backend, x.device)
+    r = x.shape[0]
+    check_values((index >= 0) & (index < r), f"index: entries must lie in [0, {r})")
+    chosen = GATHER.resolve(backend, x.device)
     return torch.ops.haic_kernels.token_prune_gather_rows(
-        x.contiguous(), index.to(torch.int64), chosen
+        x, index.to(torch.int64).contiguous(), chosen
     )
 
 
@@ -273,27 +263,32 @@ def compact(
     check_tensor("keep", keep, dims=(1, 2), dtypes=(torch.bool,))
     check_tensor("hidden", hidden, dims=range(keep.dim(), 9))
     check_same_device(hidden=hidden, keep=keep)
+    if keep.device.type == "meta":
+        raise ValueError("keep: compact's output size depends on keep's values; got a meta tensor")
     lead = tuple(keep.shape)
     if tuple(hidden.shape[: keep.dim()]) != lead:
         raise ValueError(f"hidden: leading dims must be keep's {lead}, got {tuple(hidden.shape)}")
     if keep.dim() == 1:
         if cu_seqlens is None:
             raise ValueError("cu_seqlens: required for packed hidden [T, ...] (keep [T])")
-        cu_in = _check_cu("cu_seqlens", cu_seqlens, lead[0], keep.device)
+        cu_in = check_cu_seqlens("cu_seqlens", cu_seqlens, lead[0], keep.device, what="tokens")
         csum = torch.zeros(lead[0] + 1, dtype=torch.long, device=keep.device)
         csum[1:] = keep.long().cumsum(0)
-        per_seq = csum[cu_in[1:].long()] - csum[cu_in[:-1].long()]
+        bounds = cu_in.long().clamp(0, lead[0])  # a lie on the GPU is asserted, not followed
+        per_seq = csum[bounds[1:]] - csum[bounds[:-1]]
     else:
         if cu_seqlens is not None:
             raise ValueError("cu_seqlens: only for packed input; a padded batch [B, S] has none")
         per_seq = keep.sum(dim=1)
     for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-        if t is not None and tuple(t.shape) != lead:
-            raise ValueError(f"{name}: expected shape {lead}, got {tuple(t.shape)}")
+        if t is not None:
+            check_tensor(name, t, device=keep.device)
+            if tuple(t.shape) != lead:
+                raise ValueError(f"{name}: expected shape {lead}, got {tuple(t.shape)}")
     for i, t in enumerate(kv):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape[: keep.dim()]) != lead:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"kv[{i}]: leading dims must be keep's {lead}, got {got}")
+        check_tensor(f"kv[{i}]", t, device=keep.device)
+        if tuple(t.shape[: keep.dim()]) != lead:
+            raise ValueError(f"kv[{i}]: leading dims must be keep's {lead}, got {tuple(t.shape)}")
     idx = keep.reshape(-1).nonzero().squeeze(1)
     rows = lead[0] * (lead[1] if len(lead) == 2 else 1)
 
@@ -330,16 +325,17 @@ def merge_weighted(
         target: int ``[F, N]``: the index within the frame each token merges into; a token with
             ``target[f, i] == i`` is a destination (a kept token). Every target must be a
             destination of the same frame (e.g. the output of `nearest_kept`).
-        sizes: float ``[F, N]``, how many original tokens each token stands for (None: all 1).
+        sizes: float ``[F, N]``, how many original tokens each token stands for (None: all 1);
+            finite and > 0.
 
     Returns ``(merged [F, N, D] in x.dtype, new_sizes float32 [F, N])``: a destination i becomes
     ``sum_{j: target[j]==i} sizes[j] * x[j] / sum_{j: target[j]==i} sizes[j]`` (fp32
     accumulation, sources summed in index order) and its size that sum; other rows are copied
     unchanged with new size 0.
     """
-    check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]")
+    x = check_tensor("x", x, dims=3, dtypes=FLOATS, shape_hint="[F, N, D]", layout="contiguous")
     check_tensor("target", target, dims=2, dtypes=INTS)
-    _no_grad("x", x)
+    check_no_grad(OP, x=x)
     if tuple(target.shape) != tuple(x.shape[:2]):
         raise ValueError(f"target: expected shape {tuple(x.shape[:2])}, got {tuple(target.shape)}")
     if sizes is None:
@@ -348,146 +344,15 @@ def merge_weighted(
     check_same_device(x=x, target=target, sizes=sizes)
     if tuple(sizes.shape) != tuple(x.shape[:2]):
         raise ValueError(f"sizes: expected shape {tuple(x.shape[:2])}, got {tuple(sizes.shape)}")
+    check_values(torch.isfinite(sizes) & (sizes > 0), "sizes: every size must be finite and > 0")
     n = x.shape[1]
-    if target.numel():
-        if int(target.min()) < 0 or int(target.max()) >= n:
-            raise ValueError(f"target: entries must lie in [0, {n}) (an index within the frame)")
-        t = target.long()
-        is_dest = t == torch.arange(n, device=x.device)
-        if not bool(torch.gather(is_dest, 1, t).all()):
-            raise ValueError("target: every target must be a destination (target[f, t] == t)")
-    chosen = _resolve(backend, x.device)
+    in_frame = (target >= 0) & (target < n)
+    check_values(in_frame, f"target: entries must lie in [0, {n}) (an index within the frame)")
+    t = torch.where(in_frame, target, 0).long()
+    is_dest = t == torch.arange(n, device=x.device)
+    msg = "target: every target must be a destination (target[f, t] == t)"
+    check_values(torch.gather(is_dest, 1, t), msg)
+    chosen = MERGE.resolve(backend, x.device)
     return torch.ops.haic_kernels.token_prune_merge(
-        x.contiguous(), target.to(torch.int32).contiguous(), sizes.to(torch.float32), chosen
+        x, target.to(torch.int32).contiguous(), sizes.to(torch.float32).contiguous(), chosen
     )
-
-
-# ---- helpers ----------------------------------------------------------------------------------
-
-
-def _check_cu(name: str, cu: object, total: int, device: torch.device) -> torch.Tensor:
-    t = check_tensor(name, cu, dims=1, dtypes=INTS)
-    if t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
-    if t.shape[0] < 1:
-        raise ValueError(f"{name}: expected [B+1] offsets starting at 0, got an empty tensor")
-    vals = t.tolist()
-    if vals[0] != 0 or vals[-1] != total or any(b < a for a, b in itertools.pairwise(vals)):
-        raise ValueError(
-            f"{name}: expected non-decreasing offsets from 0 to {total}, got {vals[:8]}"
-            f"{'...' if len(vals) > 8 else ''}"
-        )
-    return t
-
-
-# ---- custom ops -------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("haic_kernels::token_prune_frame_cosine", mutates_args=())
-def _frame_cosine_op(
-    x: torch.Tensor, prev: torch.Tensor, first: float, backend: str
-) -> torch.Tensor:
-    if backend == "torch":
-        from haic_kernels.ops.token_prune.reference import frame_cosine_scores_reference
-
-        return frame_cosine_scores_reference(x, prev, first)
-    from haic_kernels.ops.token_prune.triton import frame_cosine_scores_triton
-
-    out = _new_output(x.shape[:2], torch.float32, x.device)
-    frame_cosine_scores_triton(x, prev, out, first)
-    return out
-
-
-@_frame_cosine_op.register_fake
-def _(x, prev, first, backend):
-    return x.new_empty(x.shape[:2], dtype=torch.float32)
-
-
-@torch.library.custom_op("haic_kernels::token_prune_nearest_kept", mutates_args=())
-def _nearest_kept_op(x: torch.Tensor, keep: torch.Tensor, backend: str) -> torch.Tensor:
-    if backend == "torch":
-        from haic_kernels.ops.token_prune.reference import nearest_kept_reference
-
-        return nearest_kept_reference(x, keep)
-    from haic_kernels.ops.token_prune.triton import nearest_kept_triton
-
-    out = _new_output(x.shape[:2], torch.int32, x.device)
-    nearest_kept_triton(x, keep.to(torch.int8).contiguous(), out)
-    return out
-
-
-@_nearest_kept_op.register_fake
-def _(x, keep, backend):
-    return x.new_empty(x.shape[:2], dtype=torch.int32)
-
-
-@torch.library.custom_op("haic_kernels::token_prune_segment_topk", mutates_args=())
-def _segment_topk_op(
-    scores: torch.Tensor, cu: torch.Tensor, k: torch.Tensor, max_seqlen: int, backend: str
-) -> torch.Tensor:
-    if backend == "torch":
-        from haic_kernels.ops.token_prune.reference import segment_topk_reference
-
-        return segment_topk_reference(scores, cu, k)
-    keep = _new_output(scores.shape, torch.int8, scores.device)
-    keep.zero_()  # positions outside every segment stay dropped
-    if backend == "cuda":
-        from haic_kernels.ops.token_prune.cuda import segment_topk_cuda
-
-        segment_topk_cuda(scores, cu, k, keep, max_seqlen)
-    else:
-        from haic_kernels.ops.token_prune.triton import segment_topk_triton
-
-        segment_topk_triton(scores, cu, k, keep, max_seqlen)
-    return keep.to(torch.bool)
-
-
-@_segment_topk_op.register_fake
-def _(scores, cu, k, max_seqlen, backend):
-    return scores.new_empty(scores.shape, dtype=torch.bool)
-
-
-@torch.library.custom_op("haic_kernels::token_prune_gather_rows", mutates_args=())
-def _gather_rows_op(x: torch.Tensor, index: torch.Tensor, backend: str) -> torch.Tensor:
-    if backend == "torch":
-        from haic_kernels.ops.token_prune.reference import gather_rows_reference
-
-        return gather_rows_reference(x, index)
-    from haic_kernels.ops.token_prune.triton import gather_rows_triton
-
-    out = _new_output((index.shape[0], *x.shape[1:]), x.dtype, x.device)
-    flat, oflat = x.reshape(x.shape[0], -1), out.view(out.shape[0], -1)
-    nbytes = flat.shape[1] * x.element_size()
-    if x.shape[0] == 0 or index.shape[0] == 0 or nbytes == 0:
-        return out
-    # Rows as raw words: one kernel for every dtype (bool, ints, floats); 4-byte words when the
-    # row allows, bytes otherwise.
-    word = torch.int32 if nbytes % 4 == 0 else torch.uint8
-    gather_rows_triton(flat.view(torch.uint8).view(word), index, oflat.view(torch.uint8).view(word))
-    return out
-
-
-@_gather_rows_op.register_fake
-def _(x, index, backend):
-    return x.new_empty((index.shape[0], *x.shape[1:]))
-
-
-@torch.library.custom_op("haic_kernels::token_prune_merge", mutates_args=())
-def _merge_op(
-    x: torch.Tensor, target: torch.Tensor, sizes: torch.Tensor, backend: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend == "torch":
-        from haic_kernels.ops.token_prune.reference import merge_weighted_reference
-
-        return merge_weighted_reference(x, target, sizes)
-    from haic_kernels.ops.token_prune.triton import merge_weighted_triton
-
-    out = _new_output(x.shape, x.dtype, x.device)
-    new_sizes = _new_output(x.shape[:2], torch.float32, x.device)
-    merge_weighted_triton(x, target, sizes.contiguous(), out, new_sizes)
-    return out, new_sizes
-
-
-@_merge_op.register_fake
-def _(x, target, sizes, backend):
-    return x.new_empty(x.shape), x.new_empty(x.shape[:2], dtype=torch.float32)

@@ -19,7 +19,8 @@ def segment_topk_cuda(
     max_seqlen: int,
 ) -> None:
     """scores float32 [T], cu_seqlens int32 [G+1], k int32 [G] (CUDA, contiguous) -> writes
-    keep_i8 int8 [T] inside the segments, on the current stream."""
+    keep_i8 int8 [T] inside the segments, on the current stream. ``max_seqlen`` only sizes
+    the grid; segment bounds are clamped into [0, T] in the kernel."""
     ext = _ext.load()
     if ext is None:
         raise BackendUnavailable(f"haic_kernels._C is unavailable: {_ext.load_error()}")
@@ -35,5 +36,6 @@ def segment_topk_cuda(
             keep_ptr=keep_i8.data_ptr(),
             num_segments=k.shape[0],
             max_seqlen=max_seqlen,
+            num_tokens=scores.shape[0],
             stream=torch.cuda.current_stream(scores.device).cuda_stream,
         )

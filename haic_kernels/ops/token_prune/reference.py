@@ -35,6 +35,8 @@ def nearest_kept_reference(
     """x [F, N, D], keep bool [F, N] -> int32 [F, N]: per token, the index (within its frame) of
     the kept token of the same frame with the highest cosine similarity, ties to the lower index;
     a kept token maps to itself; -1 in a frame with no kept token."""
+    if x.shape[1] == 0:  # argmax needs a non-empty dim
+        return torch.empty(x.shape[:2], dtype=torch.int32, device=x.device)
     xf = x.to(acc)
     norm2 = (xf * xf).sum(-1)  # [F, N]
     gram = torch.matmul(xf, xf.transpose(1, 2))  # [F, N, N]
@@ -92,7 +94,7 @@ def merge_weighted_reference(
     base = (torch.arange(f, device=x.device) * n).unsqueeze(1)
     dest = (t + base).reshape(-1)
     num = torch.zeros(f * n, d, dtype=acc, device=x.device)
-    num.index_add_(0, dest, (xf * w.unsqueeze(-1)).reshape(-1, d))
+    num.index_add_(0, dest, (xf * w.unsqueeze(-1)).reshape(f * n, d))
     den = torch.zeros(f * n, dtype=acc, device=x.device)
     den.index_add_(0, dest, w.reshape(-1))
     num, den = num.view(f, n, d), den.view(f, n)

@@ -116,18 +116,21 @@ def _segment_topk_kernel(
     cu_ptr,
     k_ptr,
     keep_ptr,
+    n_tokens,
     BLOCK_I: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
     # keep[i] = #{j in seg : s_j > s_i or (s_j == s_i and j < i)} < k[seg]: a stable top-k
-    # without sorting, one rank per element.
+    # without sorting, one rank per element. The grid's second axis comes from max_seqlen, a
+    # hint: the programs stride over longer segments, and segment bounds are clamped into
+    # [0, n_tokens], so wrong metadata never reads or writes outside the buffers.
     g = tl.program_id(0)
-    lo = tl.load(cu_ptr + g)
-    hi = tl.load(cu_ptr + g + 1)
+    lo = tl.minimum(tl.maximum(tl.load(cu_ptr + g), 0), n_tokens)
+    hi = tl.minimum(tl.maximum(tl.load(cu_ptr + g + 1), lo), n_tokens)
     kk = tl.load(k_ptr + g)
-    i = lo + tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    i_ok = i < hi
-    if lo + tl.program_id(1) * BLOCK_I < hi:
+    for i0 in range(lo + tl.program_id(1) * BLOCK_I, hi, tl.num_programs(1) * BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
+        i_ok = i < hi
         si = tl.load(scores_ptr + i, mask=i_ok, other=0.0)
         rank = tl.zeros([BLOCK_I], dtype=tl.int32)
         for j0 in range(lo, hi, BLOCK_J):
@@ -143,12 +146,13 @@ def _segment_topk_kernel(
 
 
 @triton.jit
-def _gather_rows_kernel(x_ptr, idx_ptr, out_ptr, width, BLOCK_W: tl.constexpr):
-    # out[r, :] = x[idx[r], :]
+def _gather_rows_kernel(x_ptr, idx_ptr, out_ptr, width, n_src, BLOCK_W: tl.constexpr):
+    # out[r, :] = x[idx[r], :]; the index is clamped into [0, n_src) (the range is asserted on
+    # the GPU asynchronously: meanwhile the kernel stays inside x).
     r = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     m = cols < width
-    src = tl.load(idx_ptr + r).to(tl.int64)
+    src = tl.minimum(tl.maximum(tl.load(idx_ptr + r).to(tl.int64), 0), n_src - 1)
     v = tl.load(x_ptr + src * width + cols, mask=m)
     tl.store(out_ptr + r.to(tl.int64) * width + cols, v, mask=m)
 
@@ -241,16 +245,19 @@ def nearest_kept_triton(x, keep_i8, out) -> None:
 
 
 def segment_topk_triton(scores, cu_seqlens, k, keep_i8, max_seqlen: int) -> None:
-    """scores float32 [T], cu_seqlens int32 [G+1], k int32 [G], keep_i8 int8 [T] (written)."""
+    """scores float32 [T], cu_seqlens int32 [G+1], k int32 [G], keep_i8 int8 [T] (written).
+
+    ``max_seqlen`` sizes the grid only: longer segments are still ranked in full."""
     g = k.shape[0]
-    if g == 0 or max_seqlen == 0:
+    if g == 0 or scores.shape[0] == 0:
         return
-    grid = (g, triton.cdiv(max_seqlen, _TOPK_BLOCK_I))
+    grid = (g, triton.cdiv(max(min(max_seqlen, scores.shape[0]), 1), _TOPK_BLOCK_I))
     _segment_topk_kernel[grid](
         scores,
         cu_seqlens,
         k,
         keep_i8,
+        scores.shape[0],
         BLOCK_I=_TOPK_BLOCK_I,
         BLOCK_J=_TOPK_BLOCK_J,
         num_warps=_NUM_WARPS,
@@ -263,7 +270,9 @@ def gather_rows_triton(x2d, index, out2d) -> None:
     if k == 0 or w == 0:
         return
     grid = (k, triton.cdiv(w, _GATHER_BLOCK_W))
-    _gather_rows_kernel[grid](x2d, index, out2d, w, BLOCK_W=_GATHER_BLOCK_W, num_warps=_NUM_WARPS)
+    _gather_rows_kernel[grid](
+        x2d, index, out2d, w, x2d.shape[0], BLOCK_W=_GATHER_BLOCK_W, num_warps=_NUM_WARPS
+    )
 
 
 def merge_weighted_triton(x, target, sizes, out, new_sizes) -> None:
@@ -312,10 +321,11 @@ AOT_CASES = [
       for name, dt in _PRUNE_DTYPES for n, d in ((64, 4096), (256, 1792))),
     dict(kernel="_segment_topk_kernel", variant="fp32",
          args=dict(scores_ptr="*fp32", cu_ptr="*i32", k_ptr="*i32",
-                   keep_ptr="*i8", BLOCK_I=_TOPK_BLOCK_I, BLOCK_J=_TOPK_BLOCK_J),
+                   keep_ptr="*i8", n_tokens=8 * 24 * 144, BLOCK_I=_TOPK_BLOCK_I,
+                   BLOCK_J=_TOPK_BLOCK_J),
          warps=_NUM_WARPS, hot=False),
     *(dict(kernel="_gather_rows_kernel", variant=name,
-           args=dict(x_ptr=dt, idx_ptr="*i64", out_ptr=dt, width=w,
+           args=dict(x_ptr=dt, idx_ptr="*i64", out_ptr=dt, width=w, n_src=8 * 24 * 144,
                      BLOCK_W=_GATHER_BLOCK_W), warps=_NUM_WARPS, hot=False)
       for name, dt, w in (("i32", "*i32", 2048), ("u8", "*u8", 8192))),
 ]  # fmt: skip

@@ -109,10 +109,54 @@ def test_validation_messages() -> None:
     with pytest.raises(ValueError, match="even"):
         get_config(vision={"image_size": 98})  # 7x7 grid
     with pytest.raises(ValueError, match="template"):
-        get_config(template="vqa")
+        get_config(template="chat_old")  # CogVLM1's, not a CogVLM2 template
     with pytest.raises(ValueError, match="pad_token_id"):
         get_config(pad_token_id=384)
     with pytest.raises(ValueError, match="num_layers"):
         get_config(text={"num_layers": 0})
     with pytest.raises(ValueError, match="vision_expert"):
         get_config(vision_expert=1)
+
+
+def test_nan_inf_and_new_fields_are_validated() -> None:
+    import math
+
+    base = get_config()
+    for bad in (math.nan, math.inf, -1e-5, 0.0):
+        with pytest.raises(ValueError, match="rms_norm_eps must be a positive finite"):
+            dataclasses.replace(base.text, rms_norm_eps=bad)
+    with pytest.raises(ValueError, match="rope_theta"):
+        dataclasses.replace(base.text, rope_theta=math.inf)
+    with pytest.raises(ValueError, match="rope_precision"):
+        get_config(text={"rope_precision": "bf16"})
+    with pytest.raises(ValueError, match="context_length"):
+        get_config(text={"context_length": 0})
+    with pytest.raises(ValueError, match="eos_token_ids"):
+        get_config(eos_token_ids=())
+    with pytest.raises(ValueError, match=r"eos_token_ids\[1\]"):
+        get_config(eos_token_ids=(257, 999))
+    with pytest.raises(ValueError, match="eos_token_ids"):
+        get_config(eos_token_ids=[257])
+    with pytest.raises(ValueError, match="adapter_layer_norm_eps"):
+        get_config(adapter_layer_norm_eps=math.nan)
+
+
+def test_stop_ids_and_context_of_the_release_presets() -> None:
+    assert get_config("full", "image").eos_token_ids == (128001, 128009)
+    assert get_config("full", "video-chat").eos_token_ids == (128001,)
+    assert get_config("full", "video-chat").eos_token_id == 128001
+    video = get_config("full", "video-chat").text
+    assert (video.max_position_embeddings, video.position_limit) == (2048, 8192)
+    assert get_config("full", "image").text.position_limit == 8192
+    assert get_config().text.rope_precision == "release"
+
+
+def test_the_reference_lm_takes_rope_precision_from_the_config() -> None:
+    from haic_kernels.models.cogvlm2.reference import CogVLM2ForCausalLM
+
+    for precision in ("release", "fp32"):
+        cfg = get_config(text={"num_layers": 1, "rope_precision": precision},
+                         vision={"num_layers": 1})  # fmt: skip
+        with torch.device("meta"):
+            model = CogVLM2ForCausalLM(cfg)
+        assert model.model.layers[0].self_attn.rotary_emb.precision == precision

@@ -1,9 +1,10 @@
-"""Fast LM modules (models/cogvlm2/fast.py) against the reference modules from one state dict.
+"""The fast LM decoder layer (models/cogvlm2/fast/layers.py) against the reference layer.
 
-Tiny config, fp32 on CPU: prefill, a second multi-token chunk and decode steps through the KV
-cache (positions from `KVCache.continue_positions`), for the image variant (vision expert) and
-the video variant (language expert only). The parity rule: the fast layer and the fp32
-reference layer against the same reference layer in fp64.
+Tiny config, fp32 on CPU, one state dict: a prefill over packed rows of different lengths
+(``forward`` on a `TokenBatch`) against the reference layer run on each row alone, then decode
+steps through the static cache (``decode``) against the reference continuing from its KV cache,
+for the image variant (vision expert) and the video variant (language expert only). The parity
+rule: the fast layer and the fp32 reference layer against the same reference layer in fp64.
 """
 
 from __future__ import annotations
@@ -13,25 +14,22 @@ import copy
 import pytest
 import torch
 
-from haic_kernels.backends import BackendUnavailable
+from haic_kernels.models.cogvlm2 import TokenBatch, vision_expert_mask
 from haic_kernels.models.cogvlm2 import language as L
 from haic_kernels.models.cogvlm2.config import get_config
-from haic_kernels.models.cogvlm2.fast import (
-    FastCogVLMDecoderLayer,
-    FastVisionExpertAttention,
-    FastVisionExpertMLP,
-    routing_from_mask,
-)
-from haic_kernels.ops.expert_linear import Routing
+from haic_kernels.models.cogvlm2.fast.cache import StaticKVCache
+from haic_kernels.models.cogvlm2.fast.layers import FastDecoderLayer
 from haic_kernels.testing import assert_parity
 from tests._triton import triton_on_cpu
 
-HAS_CUDA = torch.cuda.is_available()
 VARIANTS = ["image", "video-chat"]
+STEPS = 3
 
 
-def _layer(variant: str, device: str = "cpu") -> tuple[L.CogVLMDecoderLayer, object]:
-    cfg = get_config("tiny", variant)
+def _layer(
+    variant: str, device: str = "cpu", **overrides: object
+) -> tuple[L.CogVLMDecoderLayer, object]:
+    cfg = get_config("tiny", variant, **overrides)
     ref = L.CogVLMDecoderLayer(cfg).to(device)
     with torch.no_grad():
         for name, p in ref.named_parameters():
@@ -42,145 +40,143 @@ def _layer(variant: str, device: str = "cpu") -> tuple[L.CogVLMDecoderLayer, obj
     return ref, cfg
 
 
-def _token_types(b: int, s: int) -> torch.Tensor:
-    # text, a frame-like vision run, text, and in row 1 a vision run reaching the chunk's end
-    tt = torch.zeros(b, s, dtype=torch.long)
-    tt[:, 2 : 2 + s // 2] = 1
-    if b > 1:
-        tt[1, s - 4 :] = 1
-    return tt
+def _rows(lengths: list[int], device: str = "cpu") -> list[torch.Tensor]:
+    """Token types per row: text, a frame-like vision run, text; row 1 also ends in a vision run
+    (its last token is still a language-expert token: it has no next token)."""
+    rows = []
+    for b, s in enumerate(lengths):
+        t = torch.zeros(s, dtype=torch.long, device=device)
+        t[2 : 2 + s // 2] = 1
+        if b == 1:
+            t[s - 4 :] = 1
+        rows.append(t)
+    return rows
 
 
-def test_state_dict_names_and_shapes_match_both_ways(seed):
-    for variant in VARIANTS:
-        ref, cfg = _layer(variant)
-        fast = FastCogVLMDecoderLayer(cfg)
-        ref_sd, fast_sd = ref.state_dict(), fast.state_dict()
-        assert list(ref_sd) == list(fast_sd)
-        assert all(ref_sd[k].shape == fast_sd[k].shape for k in ref_sd)
-        fast.load_state_dict(ref_sd)  # strict, both ways
-        other = L.CogVLMDecoderLayer(cfg)
-        other.load_state_dict(fast.state_dict())
-        assert all(torch.equal(other.state_dict()[k], ref_sd[k]) for k in ref_sd)
-        for sub_ref, sub_fast in (
-            (ref.self_attn, FastVisionExpertAttention(cfg)),
-            (ref.mlp, FastVisionExpertMLP(cfg)),
-        ):
-            sub_fast.load_state_dict(sub_ref.state_dict())
-            assert list(sub_fast.state_dict()) == list(sub_ref.state_dict())
-
-
-def test_from_reference_shares_parameters(seed):
-    ref, _ = _layer("image")
-    fast = FastCogVLMDecoderLayer.from_reference(ref)
-    ref_params = dict(ref.named_parameters())
-    fast_params = dict(fast.named_parameters())
-    assert list(ref_params) == list(fast_params)
-    assert all(fast_params[k] is ref_params[k] for k in ref_params)
-
-
-def _run_chunks(layer, cfg, chunks, fast: bool, routing_reuse: bool = False):
-    """Run token-type chunks through ``layer`` with a KVCache between them; outputs per chunk."""
-    outs, past, cache = [], None, None
-    g = torch.Generator().manual_seed(1234)
-    dtype = next(layer.parameters()).dtype
-    for tt in chunks:
-        b, s = tt.shape
-        x = torch.randn(b, s, cfg.text.hidden_size, generator=g, dtype=torch.float64)
-        x = x.to(device=tt.device, dtype=dtype)
-        pos = L.build_position_ids(tt) if cache is None else cache.continue_positions(tt)
-        mask = L.vision_expert_mask(tt) if cfg.vision_expert else None
-        kwargs = {}
-        if fast and routing_reuse:
-            kwargs["routing"] = (
-                Routing.from_token_types(tt) if cfg.vision_expert
-                else Routing.from_token_types(tt, num_experts=1)
-            )  # fmt: skip
-        with torch.no_grad():
-            y, (k, v) = layer(x, mask, pos, past, **kwargs)
-        assert k.shape == (b, cfg.text.num_kv_heads, (past[0].shape[2] if past else 0) + s,
-                           cfg.text.head_dim)  # fmt: skip
-        outs.extend([y, k, v])
-        past = (k, v)
-        cache = L.KVCache(keys=[k], values=[v], last_position=pos[:, -1],
-                          last_token_type=tt[:, -1])  # fmt: skip
+def _run_reference(layer, rows, xs, steps):
+    """Per row: (prefill out [S, D], k, v [S, Hkv, Dh], then each step's out [D])."""
+    vision = isinstance(getattr(layer.self_attn, "vision_expert_dense", None), torch.nn.Module)
+    outs = []
+    for tt, x, step_x in zip(rows, *xs):
+        mask = vision_expert_mask(tt[None]) if vision else None
+        pos = L.build_position_ids(tt[None])
+        y, (k, v) = layer(x[None], mask, pos)
+        got = [y[0], k[0].transpose(0, 1), v[0].transpose(0, 1)]
+        cache = L.KVCache([k], [v], pos[:, -1], tt[None, -1])
+        for i in range(steps):
+            lang = torch.zeros(1, 1, dtype=torch.long, device=tt.device)
+            p = cache.continue_positions(lang)
+            y, (k, v) = layer(step_x[i][None, None], None, p, (cache.keys[0], cache.values[0]))
+            cache = L.KVCache([k], [v], p[:, -1], lang[:, -1])
+            got.append(y[0, 0])
+        outs.append(got)
     return outs
 
 
-def _chunks(b: int = 2) -> list[torch.Tensor]:
-    first = _token_types(b, 29)
-    first[:, -1] = 0  # a vision run may not be split across calls (KVCache rule)
-    second = torch.zeros(b, 7, dtype=torch.long)
-    second[:, 1:5] = 1  # a small frame inside a later chunk: multi-token causal with a cache
-    decode = [torch.zeros(b, 1, dtype=torch.long) for _ in range(3)]
-    return [first, second, *decode]
+def _run_fast(layer, cfg, rows, xs, steps):
+    batch = TokenBatch.from_inputs([torch.zeros_like(t) for t in rows], rows, config=cfg)
+    with torch.no_grad():
+        out = layer(torch.cat(xs[0]), batch)
+        cache = StaticKVCache()
+        cache.begin(steps)
+        cache.store(0, out.k, out.v, batch)
+        pos = batch.position_ids[batch.last_index] + 1
+        steps_out = []
+        for i in range(steps):
+            steps_out.append(layer.decode(torch.stack([s[i] for s in xs[1]]), pos, cache.layers[0]))
+            pos = pos + 1
+    outs = []
+    for b, (a, z) in enumerate(zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())):
+        outs.append([out.x[a:z], out.k[a:z], out.v[a:z], *[s[b] for s in steps_out]])
+    return outs
 
 
-def _expert_backends() -> list[str]:
-    return ["torch", "triton"] if triton_on_cpu() else ["torch"]
+def _inputs(cfg, lengths, dtype, steps=STEPS):
+    g = torch.Generator().manual_seed(1234)
+    d = cfg.text.hidden_size
+    xs = [torch.randn(s, d, generator=g, dtype=torch.float64).to(dtype) for s in lengths]
+    step_xs = [torch.randn(steps, d, generator=g, dtype=torch.float64).to(dtype) for _ in lengths]
+    return xs, step_xs
 
 
-@pytest.mark.parametrize("backend", _expert_backends())
+def test_state_dict_names_and_shared_parameters():
+    for variant in VARIANTS:
+        ref, cfg = _layer(variant)
+        fast = FastDecoderLayer(ref, cfg, "torch", "torch")
+        assert list(fast.state_dict()) == list(ref.state_dict())
+        ref_params = dict(ref.named_parameters())
+        assert all(p is ref_params[k] for k, p in fast.named_parameters())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"] if triton_on_cpu() else ["torch"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fast_layer_matches_reference(seed, variant, backend):
     ref, cfg = _layer(variant)
     ref64 = copy.deepcopy(ref).double()
-    fast = FastCogVLMDecoderLayer(cfg, backend=backend)
-    fast.load_state_dict(ref.state_dict())
-    chunks = _chunks()
-    got = _run_chunks(fast, cfg, chunks, fast=True, routing_reuse=backend == "torch")
-    same = _run_chunks(ref, cfg, chunks, fast=False)
-    want = _run_chunks(ref64, cfg, chunks, fast=False)
-    names = [f"{w}[{i // 3}]" for i in range(len(got)) for w in ("out", "k", "v")][: len(got)]
-    for name, a, b, c in zip(names, got, same, want):
-        assert_parity(a, b, c, what=f"{variant} {backend} {name} seed={seed}")
-
-
-def test_attention_and_mlp_modules_alone(seed):
-    ref, cfg = _layer("image")
-    attn = FastVisionExpertAttention.from_reference(ref.self_attn, backend="torch")
-    mlp = FastVisionExpertMLP.from_reference(ref.mlp, backend="torch")
-    tt = _token_types(2, 13)
-    x = torch.randn(2, 13, cfg.text.hidden_size)
-    mask, pos = L.vision_expert_mask(tt), L.build_position_ids(tt)
+    fast = FastDecoderLayer(ref, cfg, backend, "torch")
+    lengths = [29, 17, 8]
+    rows = _rows(lengths)
+    xs = _inputs(cfg, lengths, torch.float32)
+    xs64 = tuple([x.double() for x in part] for part in xs)
+    got = _run_fast(fast, cfg, rows, xs, STEPS)
     with torch.no_grad():
-        a_ref, (k_ref, v_ref) = ref.self_attn(x, mask, pos)
-        a, (k, v) = attn(x, mask, pos)
-        torch.testing.assert_close(a, a_ref, atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(k, k_ref, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(v, v_ref)
-        torch.testing.assert_close(mlp(x, mask), ref.mlp(x, mask), atol=2e-5, rtol=1e-4)
-        # mask None on the image layer: every token language, as the reference's `routed`
-        torch.testing.assert_close(mlp(x, None), ref.mlp(x, None), atol=2e-5, rtol=1e-4)
+        same = _run_reference(ref, rows, xs, STEPS)
+        want = _run_reference(ref64, rows, xs64, STEPS)
+    names = ["out", "k", "v", *[f"step {i}" for i in range(STEPS)]]
+    for b in range(len(lengths)):
+        for name, a, s, w in zip(names, got[b], same[b], want[b]):
+            assert_parity(a, s, w, what=f"{variant} {backend} row {b} {name} seed={seed}")
+
+
+@torch.no_grad()
+def test_fast_layer_follows_the_configs_rope_precision_in_bf16(seed):
+    """bf16 keys after RoPE equal the reference layer's bit for bit with the config's
+    ``rope_precision``, both "release" (the release's bf16 angles) and "fp32"; at positions up to
+    1199 the two precisions give visibly different keys, so a fast layer that ignored the config
+    could not pass."""
+    s = 1200
+    types = torch.zeros(s, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    keys = {}
+    for precision in ("release", "fp32"):
+        ref, cfg = _layer("video-chat", text={"rope_precision": precision})
+        ref = ref.to(torch.bfloat16)
+        x = torch.randn(s, cfg.text.hidden_size, generator=g).to(torch.bfloat16)
+        batch = TokenBatch.from_inputs([torch.zeros_like(types)], [types], config=cfg)
+        out = FastDecoderLayer(ref, cfg, "torch", "torch")(x, batch)
+        _, (k, _v) = ref(x[None], None, L.build_position_ids(types[None]))
+        assert torch.equal(out.k, k[0].transpose(0, 1)), precision
+        other = get_config(
+            "tiny",
+            "video-chat",
+            text={"rope_precision": "fp32" if precision == "release" else "release"},
+        )
+        keys[precision] = (out.k, FastDecoderLayer(ref, other, "torch", "torch")(x, batch).k)
+    for precision, (same, other) in keys.items():
+        assert (same.float() - other.float()).abs().max() > 0.5, precision
 
 
 def test_attention_backend_triton_if_available(seed):
+    if not triton_on_cpu():
+        pytest.skip("attention backend 'triton' needs the Triton interpreter here")
     ref, cfg = _layer("image")
-    fast = FastCogVLMDecoderLayer.from_reference(ref, backend="torch", attn_backend="triton")
-    tt = _token_types(1, 17)
-    x = torch.randn(1, 17, cfg.text.hidden_size)
-    mask, pos = L.vision_expert_mask(tt), L.build_position_ids(tt)
-    try:
-        with torch.no_grad():
-            y, _ = fast(x, mask, pos)
-    except (BackendUnavailable, ValueError) as exc:
-        pytest.skip(f"attention backend 'triton' cannot run here: {exc}")
+    fast = FastDecoderLayer(ref, cfg, "torch", "triton")
+    rows = _rows([17])
+    xs = _inputs(cfg, [17], torch.float32, steps=1)
+    got = _run_fast(fast, cfg, rows, xs, 1)
     with torch.no_grad():
-        torch.testing.assert_close(y, ref(x, mask, pos)[0], atol=1e-4, rtol=1e-4)
+        want = _run_reference(ref, rows, xs, 1)
+    torch.testing.assert_close(got[0][0], want[0][0], atol=1e-4, rtol=1e-4)
 
 
-def test_routing_errors(seed):
+def test_routing_for_another_model_is_refused():
     ref, cfg = _layer("video-chat")
-    fast = FastCogVLMDecoderLayer.from_reference(ref, backend="torch")
-    tt = _token_types(1, 9)
-    x = torch.randn(1, 9, cfg.text.hidden_size)
-    pos = L.build_position_ids(tt)
+    fast = FastDecoderLayer(ref, cfg, "torch", "torch")
+    rows = _rows([9])
+    image_batch = TokenBatch.from_inputs([torch.zeros(9, dtype=torch.long)], rows,
+                                         config=get_config("tiny", "image"))  # fmt: skip
     with torch.no_grad(), pytest.raises(ValueError, match="routing: built for 2 experts"):
-        fast(x, None, pos, routing=Routing.from_token_types(tt))
-    with torch.no_grad(), pytest.raises(ValueError, match="route: built for 5 tokens"):
-        fast(x, None, pos, routing=routing_from_mask(None, 5, x.device))
-    with torch.no_grad(), pytest.raises(TypeError, match="routing"):
-        fast(x, None, pos, routing="all-language")
+        fast(torch.randn(9, cfg.text.hidden_size), image_batch)
 
 
 @pytest.mark.gpu
@@ -195,12 +191,14 @@ def test_gpu_fast_layer_bf16(seed, monkeypatch, variant):
                     else 0.02 * torch.randn_like(p))  # fmt: skip
     ref64 = copy.deepcopy(ref).double()
     ref16 = copy.deepcopy(ref).bfloat16()
-    fast = FastCogVLMDecoderLayer.from_reference(ref16)
-    chunks = [c.cuda() for c in _chunks()]
-    chunks[0] = torch.cat([chunks[0]] * 40, dim=1)  # ~1.2k tokens of prefill
-    chunks[0][:, -1] = 0
-    got = _run_chunks(fast, cfg, chunks, fast=True, routing_reuse=True)
-    same = _run_chunks(ref16, cfg, chunks, fast=False)
-    want = _run_chunks(ref64, cfg, chunks, fast=False)
-    for i, (a, b, c) in enumerate(zip(got, same, want)):
-        assert_parity(a, b, c, what=f"gpu {variant} output {i} seed={seed}")
+    fast = FastDecoderLayer(ref16, cfg, "auto", "auto")
+    lengths = [1200, 333]  # ~1.5k tokens of prefill, two rows
+    rows = _rows(lengths, "cuda")
+    xs = tuple([x.cuda() for x in part] for part in _inputs(cfg, lengths, torch.bfloat16))
+    got = _run_fast(fast, cfg, rows, xs, STEPS)
+    with torch.no_grad():
+        same = _run_reference(ref16, rows, xs, STEPS)
+        want = _run_reference(ref64, rows, tuple([x.double() for x in p] for p in xs), STEPS)
+    for b in range(len(lengths)):
+        for i, (a, s, w) in enumerate(zip(got[b], same[b], want[b])):
+            assert_parity(a, s, w, what=f"gpu {variant} row {b} output {i} seed={seed}")

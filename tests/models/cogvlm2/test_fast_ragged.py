@@ -1,4 +1,4 @@
-"""FastCogVLM2 on ragged batches (fast_ragged.py) against the reference run one row at a time.
+"""FastCogVLM2 on ragged batches (packed `TokenBatch` rows) against the reference, row by row.
 
 CPU, tiny config, fp32, uint8 frames. Rows of different prompt lengths and frame counts (an
 all-text row included) are packed (varlen attention): each row's last-token logits follow the
@@ -13,37 +13,12 @@ import copy
 import pytest
 import torch
 
-from haic_kernels import backends
-from haic_kernels.models.cogvlm2 import (
-    ByteTokenizer,
-    CogVLM2ForCausalLM,
-    FastCogVLM2,
-    build_prompt,
-    get_config,
-    greedy_generate,
-    init_random_weights,
-    normalize_frames,
-    pad_prompts,
-)
-from haic_kernels.models.cogvlm2.fast_generate import StaticDecoder
+from haic_kernels.models.cogvlm2 import FastCogVLM2, normalize_frames, pad_prompts
 from haic_kernels.testing import assert_parity
+from tests._triton import needs_triton_cpu
 
-HAS_CUDA = torch.cuda.is_available()
 # (query, frames): different prompt lengths and frame counts; the last row is all text.
 ROWS = [("what is here?", 2), ("why", 1), ("a much longer question, no frames", 0)]
-
-
-def _model(variant: str, seed: int, size: str = "tiny", **over) -> CogVLM2ForCausalLM:
-    ref = CogVLM2ForCausalLM(get_config(size, variant, **over))
-    return init_random_weights(ref, seed % 10_000).eval()
-
-
-def _rows(cfg, rows):
-    tok = ByteTokenizer()
-    prompts = [build_prompt(tok, q, f, cfg) for q, f in rows]
-    s = cfg.vision.image_size
-    frames = [torch.randint(0, 256, (f, s, s, 3), dtype=torch.uint8) for _, f in rows]
-    return prompts, frames
 
 
 @torch.no_grad()
@@ -70,25 +45,12 @@ def _ref_rows(ref, prompts, frames, steps: int):
     return out
 
 
-def _record_emits(monkeypatch) -> list[torch.Tensor]:
-    """Collect the logits [B, V] of every greedy step `generate` takes (prefill, then decode)."""
-    seen: list[torch.Tensor] = []
-    orig = StaticDecoder.emit
-
-    def emit(self, logits):
-        seen.append(logits.clone())
-        orig(self, logits)
-
-    monkeypatch.setattr(StaticDecoder, "emit", emit)
-    return seen
-
-
 @pytest.mark.parametrize("variant", ["video-chat", "image"])
 @torch.no_grad()
-def test_ragged_matches_rows_alone(seed, variant, monkeypatch) -> None:
-    ref = _model(variant, seed)
+def test_ragged_matches_rows_alone(tiny_model, tiny_prompts, greedy_recorder, variant) -> None:
+    ref = tiny_model(variant)
     fast = FastCogVLM2.from_reference(ref, backend="torch")
-    prompts, frames = _rows(ref.config, ROWS)
+    prompts, frames = tiny_prompts(ref.config, ROWS)
     assert len({len(p) for p in prompts}) == len(prompts)  # really ragged
     want = _ref_rows(ref, prompts, frames, steps=4)
     u8 = torch.cat(frames)  # frames fill the rows' vision slots in order
@@ -106,9 +68,9 @@ def test_ragged_matches_rows_alone(seed, variant, monkeypatch) -> None:
         assert bool(out.logits[b, n:].isnan().all())  # padding is marked, not garbage
 
     # each row decodes from its own length: every step's logits against the row alone
-    seen = _record_emits(monkeypatch)
-    got = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=4)
+    got = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=4, sampler=greedy_recorder)
     assert torch.equal(got, torch.stack([w[2] for w in want]))
+    seen = greedy_recorder.logits
     assert len(seen) == 4
     for b, (l32, l64, _) in enumerate(want):
         step_logits = torch.stack([s[b] for s in seen])
@@ -116,20 +78,20 @@ def test_ragged_matches_rows_alone(seed, variant, monkeypatch) -> None:
 
 
 @torch.no_grad()
-def test_ragged_eos_and_equal_lengths(seed) -> None:
-    ref = _model("video-chat", seed)
+def test_ragged_eos_and_equal_lengths(tiny_model, tiny_prompts) -> None:
+    ref = tiny_model("video-chat")
     fast = FastCogVLM2.from_reference(ref, backend="torch")
-    prompts, frames = _rows(ref.config, ROWS[:2])
+    prompts, frames = tiny_prompts(ref.config, ROWS[:2])
     u8 = torch.cat(frames)
     ids, types, lens = pad_prompts(prompts)
     free = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=3)
     eos = int(free[0, 0])  # row 0 stops at once, row 1 goes on (padded with eos)
     got = fast.generate(ids, types, u8, lengths=lens, max_new_tokens=3, eos_token_id=eos)
-    want = greedy_generate(fast, ids[1:, : int(lens[1])], types[1:, : int(lens[1])],
-                           frames[1], max_new_tokens=3, eos_token_id=eos)  # fmt: skip
+    want = fast.generate(ids[1:, : int(lens[1])], types[1:, : int(lens[1])], frames[1],
+                         max_new_tokens=3, eos_token_id=eos)  # fmt: skip
     assert bool((got[0] == eos).all())
     assert torch.equal(got[1, : want.shape[1]], want[0])
-    # rows of equal length given the ragged way run the dense path, same result
+    # rows of equal length given the ragged way: the same packed batch as the dense form
     same = [prompts[0], prompts[0]]
     ids2, types2, lens2 = pad_prompts(same)
     u2 = torch.cat([frames[0], frames[0]])
@@ -138,10 +100,10 @@ def test_ragged_eos_and_equal_lengths(seed) -> None:
 
 
 @torch.no_grad()
-def test_ragged_bad_input(seed) -> None:
-    ref = _model("video-chat", seed, text={"num_layers": 1}, vision={"num_layers": 1})
+def test_ragged_bad_input(tiny_model, tiny_prompts) -> None:
+    ref = tiny_model("video-chat", text={"num_layers": 1}, vision={"num_layers": 1})
     fast = FastCogVLM2.from_reference(ref, backend="torch")
-    prompts, frames = _rows(ref.config, ROWS[:2])
+    prompts, frames = tiny_prompts(ref.config, ROWS[:2])
     u8 = torch.cat(frames)
     ids, types, lens = pad_prompts(prompts)
     cases = [
@@ -149,8 +111,7 @@ def test_ragged_bad_input(seed) -> None:
         (dict(lengths=torch.tensor([0, 3])), "lengths"),
         (dict(lengths=lens + 100), "lengths"),
         (dict(lengths=lens.float()), "lengths"),
-        (dict(lengths=lens, use_cache=True), "use_cache"),
-        (dict(lengths=lens, past_key_values=object()), "past_key_values"),
+        (dict(lengths=[True, 3]), "lengths"),
     ]
     for kw, name in cases:
         with pytest.raises(ValueError, match=name):
@@ -169,14 +130,12 @@ def test_ragged_bad_input(seed) -> None:
         fast(rows_i, rows_t, u8[:-1])
 
 
-@pytest.mark.skipif(
-    HAS_CUDA or not backends.triton().usable, reason="Triton interpreter run (CPU only)"
-)
+@needs_triton_cpu
 @torch.no_grad()
-def test_ragged_triton_interpreter(seed) -> None:
-    ref = _model("image", seed, text={"num_layers": 1}, vision={"num_layers": 1})
+def test_ragged_triton_interpreter(tiny_model, tiny_prompts) -> None:
+    ref = tiny_model("image", text={"num_layers": 1}, vision={"num_layers": 1})
     fast = FastCogVLM2.from_reference(ref, backend="triton")
-    prompts, frames = _rows(ref.config, [("hi?", 1), ("a text row", 0)])
+    prompts, frames = tiny_prompts(ref.config, [("hi?", 1), ("a text row", 0)])
     want = _ref_rows(ref, prompts, frames, steps=2)
     ids, types, lens = pad_prompts(prompts)
     u8 = torch.cat(frames)
@@ -191,12 +150,12 @@ def test_ragged_triton_interpreter(seed) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["video-chat", "image"])
 @torch.no_grad()
-def test_gpu_bf16_ragged_parity_and_graph_decode(seed, variant) -> None:
-    ref = _model(variant, seed, size="small")
+def test_gpu_bf16_ragged_parity_and_graph_decode(tiny_model, tiny_prompts, variant) -> None:
+    ref = tiny_model(variant, size="small")
     ref64 = copy.deepcopy(ref).to("cuda", torch.float64)
     ref = ref.to("cuda", torch.bfloat16)
     fast = FastCogVLM2.from_reference(ref)
-    prompts, frames = _rows(ref.config, [("what is here?", 3), ("why", 1), ("text only row", 0)])
+    prompts, frames = tiny_prompts(ref.config, [("what is here?", 3), ("why", 1), ("text only", 0)])
     ids, types, lens = (t.cuda() for t in pad_prompts(prompts))
     u8 = torch.cat(frames).cuda()
     out = fast(ids, types, u8, lengths=lens).logits

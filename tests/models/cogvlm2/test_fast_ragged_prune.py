@@ -1,4 +1,4 @@
-"""FastCogVLM2 ``prune=`` on rows that keep different counts (fast_ragged_prune.py).
+"""FastCogVLM2 ``prune=`` on rows that keep different counts (the one prefill, packed rows).
 
 CPU, tiny config, fp32, uint8 frames. Three videos with 3/1/2 frames, given ragged (padded +
 ``lengths``) or as rows of equal length (the text evens them out), pruned with a per-video
@@ -16,21 +16,15 @@ import copy
 import pytest
 import torch
 
-from haic_kernels import backends
 from haic_kernels.models.cogvlm2 import (
-    ByteTokenizer,
-    CogVLM2ForCausalLM,
     FastCogVLM2,
     build_position_ids,
-    build_prompt,
-    get_config,
-    init_random_weights,
     normalize_frames,
     pad_prompts,
 )
-from haic_kernels.models.cogvlm2.fast_generate import StaticDecoder
 from haic_kernels.pruning import Compose, Salient, Temporal, TextGuided
 from haic_kernels.testing import assert_parity
+from tests._triton import needs_triton_cpu
 
 FRAMES = (3, 1, 2)
 QUERIES = ("what is here?", "why", "and what then")
@@ -41,26 +35,20 @@ POLICIES = [
     Salient(keep_ratio=0.5, per="video", merge=True),
 ]
 STEPS = 3
-HAS_CUDA = torch.cuda.is_available()
 
 
-def _setup(seed: int, equal: bool, size: str = "tiny", frames=FRAMES, **over):
-    ref = CogVLM2ForCausalLM(get_config(size, "video-chat", **over))
-    ref = init_random_weights(ref, seed % 10_000).eval()
-    cfg, tok = ref.config, ByteTokenizer()
-    prompts = [build_prompt(tok, q, f, cfg) for q, f in zip(QUERIES, frames)]
-    if equal:  # pad the questions so every row has the same length (one token per byte)
-        n = max(len(p) for p in prompts)
-        prompts = [
-            build_prompt(tok, q + " " * (n - len(p)), f, cfg)
-            for q, f, p in zip(QUERIES, frames, prompts)
-        ]
-        assert len({len(p) for p in prompts}) == 1
-    else:
-        assert len({len(p) for p in prompts}) == len(prompts)
-    s = cfg.vision.image_size
-    u8 = [torch.randint(0, 256, (f, s, s, 3), dtype=torch.uint8) for f in frames]
-    return ref, prompts, u8
+@pytest.fixture
+def setup(tiny_model, tiny_prompts):
+    """``setup(equal, size="tiny", frames=FRAMES, **overrides)``: (reference, prompts, frames per
+    prompt), the prompts of different lengths or (``equal``) of one length."""
+
+    def make(equal: bool, size: str = "tiny", frames=FRAMES, **over):
+        ref = tiny_model("video-chat", size=size, **over)
+        prompts, u8 = tiny_prompts(ref.config, list(zip(QUERIES, frames)), equal=equal)
+        assert len({len(p) for p in prompts}) == (1 if equal else len(prompts))
+        return ref, prompts, u8
+
+    return make
 
 
 def _row_call(plan, b: int, ids, types, embeds) -> dict:
@@ -108,8 +96,8 @@ def _to64(kw: dict) -> dict:
     "policy", POLICIES, ids=["temporal", "text_guided", "compose", "salient_merge"]
 )
 @torch.no_grad()
-def test_pruned_rows_match_rows_alone(seed, policy, equal, monkeypatch) -> None:
-    ref, prompts, frames = _setup(seed, equal)
+def test_pruned_rows_match_rows_alone(setup, greedy_recorder, policy, equal) -> None:
+    ref, prompts, frames = setup(equal)
     fast = FastCogVLM2.from_reference(ref, backend="torch")
     ref64 = copy.deepcopy(ref).double()
     ids, types, lens = pad_prompts(prompts)
@@ -122,11 +110,9 @@ def test_pruned_rows_match_rows_alone(seed, policy, equal, monkeypatch) -> None:
     assert bool((kept < lens).all())  # and every row drops tokens
     assert out.logits.shape[:2] == (3, int(kept.max()))
 
-    seen: list[torch.Tensor] = []
-    orig = StaticDecoder.emit
-    monkeypatch.setattr(StaticDecoder, "emit", lambda s, lg: (seen.append(lg.clone()), orig(s, lg)))
     got = fast.generate(ids, types, u8, prune=policy, max_new_tokens=STEPS,
-                        lengths=None if equal else lens)  # fmt: skip
+                        lengths=None if equal else lens, sampler=greedy_recorder)  # fmt: skip
+    seen = greedy_recorder.logits
     assert got.shape == (3, STEPS) and len(seen) == STEPS
 
     for b, (p, f) in enumerate(zip(prompts, frames)):
@@ -146,28 +132,35 @@ def test_pruned_rows_match_rows_alone(seed, policy, equal, monkeypatch) -> None:
         assert_parity(step_logits, l32, l64, what=f"{policy} row {b} decode logits")
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Compose((Temporal(keep_ratio=0.5), Salient(keep_ratio=0.4, per="frame"))),
+        Compose((Salient(keep_ratio=0.6), TextGuided(keep_ratio=0.3, layer=0, per="frame"))),
+    ],
+    ids=["per_frame_after_per_video", "per_frame_after_per_frame"],
+)
 @torch.no_grad()
-def test_pruned_ragged_use_cache_refused(seed) -> None:
-    ref, prompts, frames = _setup(seed, equal=False)
+def test_kept_counts_predicted_or_read_where_scores_decide(setup, policy) -> None:
+    """A per-frame stage after a per-video one: how the earlier stage split its budget over
+    frames depends on the scores, so the model reads that split back once; otherwise the kept
+    counts are predicted. Either way they are the counts the selection keeps."""
+    ref, prompts, frames = setup(equal=False)
     fast = FastCogVLM2.from_reference(ref, backend="torch")
     ids, types, lens = pad_prompts(prompts)
-    u8 = torch.cat(frames)
-    with pytest.raises(ValueError, match="use_cache"):
-        fast(ids, types, u8, lengths=lens, prune=POLICIES[0], use_cache=True)
-    ids2, types2, _ = pad_prompts(_setup(seed, equal=True)[1])
-    with pytest.raises(ValueError, match="different numbers of tokens"):
-        fast(ids2, types2, u8, prune=POLICIES[0], use_cache=True)
+    out = fast(ids, types, torch.cat(frames), prune=policy, lengths=lens)
+    assert out.lengths.tolist() == out.prune.final_keep().sum(1).tolist()
+    for st in out.prune.stages:
+        assert bool((st.kept_per_sequence < st.layout.lengths).all())  # every stage drops
 
 
 COMPOSE = POLICIES[2]
 
 
-@pytest.mark.skipif(
-    HAS_CUDA or not backends.triton().usable, reason="Triton interpreter run (CPU only)"
-)
+@needs_triton_cpu
 @torch.no_grad()
-def test_pruned_ragged_triton_interpreter(seed) -> None:
-    ref, prompts, frames = _setup(seed, equal=False, frames=(2, 1), vision={"num_layers": 1})
+def test_pruned_ragged_triton_interpreter(setup) -> None:
+    ref, prompts, frames = setup(equal=False, frames=(2, 1), vision={"num_layers": 1})
     fast = FastCogVLM2.from_reference(ref, backend="triton")
     ref64 = copy.deepcopy(ref).double()
     ids, types, lens = pad_prompts(prompts)
@@ -185,8 +178,8 @@ def test_pruned_ragged_triton_interpreter(seed) -> None:
 
 @pytest.mark.gpu
 @torch.no_grad()
-def test_gpu_bf16_pruned_ragged_parity_and_graph_decode(seed) -> None:
-    ref, prompts, frames = _setup(seed, equal=False, size="small")
+def test_gpu_bf16_pruned_ragged_parity_and_graph_decode(setup) -> None:
+    ref, prompts, frames = setup(equal=False, size="small")
     ref64 = copy.deepcopy(ref).to("cuda", torch.float64)
     ref = ref.to("cuda", torch.bfloat16)
     fast = FastCogVLM2.from_reference(ref)

@@ -18,6 +18,7 @@ from haic_kernels.models.cogvlm2 import (
     build_position_ids,
     build_prompt,
     get_config,
+    greedy_generate,
     init_random_weights,
     normalize_frames,
     stack_prompts,
@@ -109,9 +110,13 @@ def test_shapes(variant: str) -> None:
     with torch.no_grad():
         patches = vision.embed_patches(images)
         assert patches.shape == (4, cfg.vision.num_positions, cfg.vision.hidden_size)
-        tower = vision.run_transformer(patches)
+        tower = vision.run_vision_tower(patches)
         assert tower.shape == patches.shape
-        assert vision.compress(tower).shape == (4, cfg.tokens_per_frame, cfg.text.hidden_size)
+        out = vision.compress_and_adapt(tower)
+        assert out.shape == (4, cfg.tokens_per_frame, cfg.text.hidden_size)
+        # the model's stage methods are the tower's
+        assert torch.equal(model.embed_patches(images), patches)
+        assert torch.equal(model.compress_and_adapt(model.run_vision_tower(patches)), out)
         assert model.encode_frames(images).shape == (4, 18, 512)
         out = model(ids, types, images, use_cache=True)
     assert out.logits.shape == (2, ids.shape[1], cfg.text.vocab_size)
@@ -417,11 +422,11 @@ def test_bad_inputs_raise_value_errors() -> None:
     model = make_model()
     ids, types, images = make_batch(model.config)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="images"):
+        with pytest.raises(ValueError, match="frames"):
             model(ids, types, images[:3])  # 3 frames for 4 frames' slots
-        with pytest.raises(ValueError, match="images"):
+        with pytest.raises(ValueError, match="frames"):
             model(ids, types, images[:, :, :100])
-        with pytest.raises(ValueError, match="neither images nor vision_embeds"):
+        with pytest.raises(ValueError, match="neither frames nor vision_embeds"):
             model(ids, types)
         with pytest.raises(ValueError, match="token_type_ids"):
             model(ids, types[:, :-1], images)
@@ -444,5 +449,23 @@ def test_bad_inputs_raise_value_errors() -> None:
         text = torch.randint(0, 256, (1, 17))
         with pytest.raises(ValueError, match="max_position_embeddings"):
             short(text, torch.zeros_like(text))
-        with pytest.raises(ValueError, match="images"):
-            model.encode_frames(images.to(torch.uint8))
+        with pytest.raises(ValueError, match="frames"):
+            model.encode_frames(images.to(torch.uint8))  # uint8 must be channels last
+
+
+def test_uint8_frames_and_the_generate_stage(seed: int) -> None:
+    """The stage interface the fast model shares: uint8 frames (normalized inside, as
+    `normalize_frames`), and ``generate`` (greedy_generate, with the prefill timed apart)."""
+    model = make_model("video-chat", seed % 1000)
+    ids, types, _ = make_batch(model.config)
+    s = model.config.vision.image_size
+    u8 = torch.randint(0, 256, (4, s, s, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        a = model(ids, types, u8).logits
+        assert torch.equal(a, model(ids, types, normalize_frames(u8)).logits)
+    timings: dict = {}
+    out = model.generate(ids, types, u8, max_new_tokens=3, timings=timings)
+    assert torch.equal(out, greedy_generate(model, ids, types, u8, max_new_tokens=3))
+    assert torch.equal(out[:, 0], a[:, -1].argmax(-1))
+    assert timings["decode_tokens"] == 2 * ids.shape[0]
+    assert timings["prefill_s"] > 0 and timings["decode_s"] > 0  # two forwards were timed

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from haic_kernels.models.cogvlm2 import config as config_mod
+from haic_kernels.models.cogvlm2 import reference
 from haic_kernels.models.cogvlm2 import weights as W
 from haic_kernels.models.cogvlm2.weights import (
     KNOWN_IGNORED,
@@ -469,9 +471,6 @@ def test_parameters_on_meta_restores_module() -> None:
 # ----------------------------------------------------------------------------------------------
 # config.json <-> CogVLM2Config
 
-config_mod = pytest.importorskip(
-    "haic_kernels.models.cogvlm2.config", reason="config.py (CogVLM2Config) has not landed yet"
-)
 
 # The fields of the released cogvlm2-video-llama3-chat config.json, as published (no rope_theta,
 # no head_dim, no vision-expert flag: the modeling code fixes or derives those).
@@ -554,7 +553,7 @@ def test_config_from_release_image() -> None:
     cfg = W.config_from_hf(hf, weight_names=IMAGE_NAMES)
     want = config_mod.get_config("full", "image", vision={"image_size": 1344})
     assert dataclasses.replace(cfg, name=want.name) == want
-    assert cfg.eos_token_id == 128001
+    assert cfg.eos_token_ids == (128001, 128009)  # both stop generation
 
 
 def test_vision_expert_inference_order() -> None:
@@ -597,14 +596,7 @@ def test_save_writes_config_json(toy: Toy, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the real tiny model (skips until reference.py lands)
-
-
-def _reference():  # type: ignore[no-untyped-def]
-    return pytest.importorskip(
-        "haic_kernels.models.cogvlm2.reference",
-        reason="reference.py (CogVLM2ForCausalLM) has not landed yet",
-    )
+# the real tiny model
 
 
 def _release_layout(cfg) -> dict[str, tuple[int, ...]]:  # type: ignore[no-untyped-def]
@@ -677,7 +669,7 @@ def _prompt(cfg, gen: torch.Generator, frames: int = 2):  # type: ignore[no-unty
 
 @pytest.mark.parametrize("variant", ["video-chat", "image"])
 def test_reference_state_dict_uses_release_names(variant: str) -> None:
-    ref = _reference()
+    ref = reference
     cfg = config_mod.get_config("tiny", variant)
     with parameters_on_meta():
         model = ref.CogVLM2ForCausalLM(cfg)
@@ -694,7 +686,7 @@ def test_release_named_checkpoint_loads_into_tiny_reference(
     """A checkpoint written by hand in the release's layout and names (sharded, bare release
     config.json with no vision-expert flag) loads with load_pretrained and gives the logits of
     the same tensors loaded by torch's own load_state_dict."""
-    ref = _reference()
+    ref = reference
     cfg = config_mod.get_config("tiny", variant)
     sd = {k: torch.randn(s, generator=gen) * 0.05 for k, s in _release_layout(cfg).items()}
     names = sorted(sd)
@@ -737,7 +729,7 @@ def load_pretrained_checked(path: Path, cfg, **kw):  # type: ignore[no-untyped-d
 def test_saved_reference_reloads_with_identical_logits(
     variant: str, dtype: torch.dtype, tmp_path: Path, seed: int, gen: torch.Generator
 ) -> None:
-    ref = _reference()
+    ref = reference
     cfg = config_mod.get_config("tiny", variant)
     model = ref.init_random_weights(ref.CogVLM2ForCausalLM(cfg), seed).eval()
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -755,7 +747,7 @@ def test_saved_reference_reloads_with_identical_logits(
 
 
 def test_video_checkpoint_into_image_model_names_the_cause(tmp_path: Path, seed: int) -> None:
-    ref = _reference()
+    ref = reference
     video = ref.init_random_weights(ref.CogVLM2ForCausalLM(config_mod.get_config("tiny")), seed)
     save_checkpoint(video, tmp_path)
     with parameters_on_meta():
@@ -766,7 +758,7 @@ def test_video_checkpoint_into_image_model_names_the_cause(tmp_path: Path, seed:
 
 
 def test_load_pretrained_needs_config_json(tmp_path: Path, seed: int) -> None:
-    ref = _reference()
+    ref = reference
     cfg = config_mod.get_config("tiny")
     save_checkpoint(ref.init_random_weights(ref.CogVLM2ForCausalLM(cfg), seed), tmp_path)
     with pytest.raises(CheckpointNotFoundError, match=r"config\.json"):
@@ -777,7 +769,7 @@ def test_load_pretrained_needs_config_json(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.gpu
 def test_load_pretrained_onto_cuda(tmp_path: Path, seed: int, gen: torch.Generator) -> None:
-    ref = _reference()
+    ref = reference
     cfg = config_mod.get_config("tiny", "image")
     model = ref.init_random_weights(ref.CogVLM2ForCausalLM(cfg), seed).eval()
     save_checkpoint(model, tmp_path, config=cfg)

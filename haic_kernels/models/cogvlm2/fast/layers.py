@@ -1,0 +1,177 @@
+"""The fast LM decoder layer: `forward` for a prefill, `decode` for one step, one body of math.
+
+`FastDecoderLayer` holds the reference `CogVLMDecoderLayer`'s submodules (same names and
+parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(rms(x)))))``,
+``y = h + down_e(silu(gate_e(rms(h))) * up_e(rms(h)))`` through haic_kernels ops:
+`expert_linear` with the batch's `Routing` (decode tokens are language tokens: a step uses the
+language weights, ``F.linear``), `rope_qkv` (split + RoPE + flash layout in one pass), and
+`attend` / `decode_attention`: the only places that call `attention` and
+`attention_with_kvcache` (the decode kernel's public op).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haic_kernels.ops.attention import attention, attention_with_kvcache
+from haic_kernels.ops.expert_linear import Routing, expert_linear
+from haic_kernels.ops.rope import rope_qkv
+
+from ..config import CogVLM2Config
+from .batch import TokenBatch
+
+__all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "attend", "decode_attention",
+           "prefill_attention"]  # fmt: skip
+
+
+class LayerOutput(NamedTuple):
+    """``x`` [T, D]; ``k``, ``v`` [T, Hkv, Dh] (k after RoPE); ``scores`` float32 [T] or None."""
+
+    x: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scores: torch.Tensor | None
+
+
+class LayerCache(NamedTuple):
+    """``k``, ``v`` [B, capacity, Hkv, Dh]; ``seqlens`` int32 [B]: valid keys per row."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    seqlens: torch.Tensor
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_scores: torch.Tensor | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """`haic_kernels.attention` (``kwargs``: its options) -> (out, key scores or None): the one
+    call of it in the fast model (its result type is this function's business alone)."""
+    res = attention(q, k, v, key_scores=key_scores, **kwargs)
+    return (res, None) if key_scores is None else (res[0], res[-1])
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: TokenBatch,
+    key_scores: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q [T, Hq, Dh], k/v [T, Hkv, Dh] -> (out [T, Hq, Dh], scores [T] or None): causal inside
+    each row (``max_seqlen`` from the batch's host data: no device read)."""
+    return attend(q, k, v, key_scores, causal=True, cu_seqlens=batch.cu_seqlens,
+                  max_seqlen=batch.max_seqlen, backend=backend)  # fmt: skip
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One new token per row: write k/v [B, Hkv, Dh] into the caches [B, capacity, Hkv, Dh] at
+    ``cache_seqlens`` (int32 [B], not changed), then attend q [B, Hq, Dh] over each row's
+    ``cache_seqlens + 1`` keys -> [B, Hq, Dh]: `haic_kernels.attention_with_kvcache` (the CUDA
+    split-K decode kernel where chosen; no host read either way, so CUDA graphs capture it)."""
+    out = attention_with_kvcache(q[:, None], k_cache, v_cache, cache_seqlens, k=k[:, None],
+                                 v=v[:, None], backend=backend)  # fmt: skip
+    return out[:, 0]
+
+
+def _linear(
+    x: torch.Tensor, language: nn.Linear, vision: nn.Linear | None, route: Routing | None,
+    backend: str,
+) -> torch.Tensor:  # fmt: skip
+    """x [N, K] through each token's expert: `expert_linear` with ``route`` (1 expert:
+    language; 2: language, vision), or the language weights alone when ``route`` is None."""
+    if route is None:
+        return F.linear(x, language.weight, language.bias)
+    experts = [language] if route.num_experts == 1 or vision is None else [language, vision]
+    if len(experts) != route.num_experts:
+        raise ValueError(
+            f"routing: built for {route.num_experts} experts, but the layer has only the "
+            "language expert (the video model)"
+        )
+    return expert_linear(x, [e.weight for e in experts], [e.bias for e in experts], route,
+                         backend=backend)  # fmt: skip
+
+
+class FastDecoderLayer(nn.Module):
+    """`language.CogVLMDecoderLayer` through haic_kernels ops, on the reference's parameters.
+
+    ``backend`` goes to expert_linear and rope_qkv, ``attn_backend`` to attention."""
+
+    def __init__(self, ref: nn.Module, config: CogVLM2Config, backend: str, attn_backend: str):
+        super().__init__()
+        # The reference's modules, in its order (state_dict keys and order stay the reference's);
+        # self_attn and mlp hold parameters only: their forward is never called.
+        self.self_attn = ref.self_attn
+        self.mlp = ref.mlp
+        self.input_layernorm = ref.input_layernorm
+        self.post_attention_layernorm = ref.post_attention_layernorm
+        t = config.text
+        # rope_precision: "release" rounds the angles as the release's bf16 model does; without
+        # it bf16 tokens cannot match the release's or the reference's (positions > 256).
+        self.rope = dict(num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, theta=t.rope_theta,
+                         interleaved=t.rope_interleaved,
+                         rope_precision=t.rope_precision)  # fmt: skip
+        self.backend, self.attn_backend = backend, attn_backend
+
+    def _block(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        route: Routing | None,
+        attend: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> LayerOutput:
+        a, lang, vis = self.self_attn, self.mlp.language_mlp, getattr(self.mlp, "vision_mlp", None)
+
+        def lin(inp: torch.Tensor, language: nn.Linear, vision: nn.Linear | None):
+            return _linear(inp, language, vision, route, self.backend)
+
+        qkv = lin(self.input_layernorm(x), a.language_expert_query_key_value,
+                  getattr(a, "vision_expert_query_key_value", None))  # fmt: skip
+        q, k, v = (t[0] for t in rope_qkv(qkv[None], pos[None], backend=self.backend, **self.rope))
+        ctx, scores = attend(q, k, v)
+        vis_dense = getattr(a, "vision_expert_dense", None)
+        h = x + lin(ctx.flatten(1), a.language_expert_dense, vis_dense)
+        y = self.post_attention_layernorm(h)
+
+        def mlp(name: str, inp: torch.Tensor) -> torch.Tensor:
+            return lin(inp, getattr(lang, name), None if vis is None else getattr(vis, name))
+
+        g = F.silu(mlp("gate_proj", y)) * mlp("up_proj", y)
+        return LayerOutput(h + mlp("down_proj", g), k, v, scores)
+
+    def forward(
+        self, x: torch.Tensor, batch: TokenBatch, key_scores: torch.Tensor | None = None
+    ) -> LayerOutput:
+        """Prefill: x [T, D] (the batch's packed tokens) -> `LayerOutput`. ``key_scores``
+        (bool [T], query rows) also returns the attention's key scores."""
+        return self._block(
+            x, batch.position_ids, batch.routing,
+            lambda q, k, v: prefill_attention(q, k, v, batch, key_scores,
+                                              backend=self.attn_backend),
+        )  # fmt: skip
+
+    def decode(self, x: torch.Tensor, pos: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """One step: x [B, D] (one new language token per row at positions ``pos`` int64 [B])
+        -> [B, D]; appends the step's k/v to ``cache`` and advances its ``seqlens``."""
+        out = self._block(
+            x, pos, None,
+            lambda q, k, v: (decode_attention(q, *cache, k, v, backend=self.attn_backend), None),
+        )  # fmt: skip
+        cache.seqlens.add_(1)
+        return out.x

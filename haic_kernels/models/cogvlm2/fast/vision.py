@@ -1,0 +1,124 @@
+"""The fast EVA2-CLIP vision tower and adapter, on the reference's modules (same names, same
+parameters: state dicts and forward hooks line up). Stages:
+
+    embed_patches       `haic_kernels.patch_embed`: uint8 [N, H, W, 3] frames straight in
+                        (normalized in the kernel) or normalized float [N, 3, H, W]
+    run_vision_tower    post-norm blocks; attention is `haic_kernels.attention` (full, head dim
+                        112 at full size) on q/k/v views of the fused QKV output; LayerNorms,
+                        GELU MLP and projections stay torch (cuBLAS)
+    compress_and_adapt  `haic_kernels.conv_compress` (2x2/2 conv as an implicit GEMM), the GLU
+                        adapter (torch), then [boi, tokens, eoi]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from haic_kernels.ops.conv_compress import conv_compress
+from haic_kernels.ops.patch_embed import patch_embed
+from haic_kernels.pruning import pool_cls_attention
+
+from ..vision import EVA2CLIPModel, check_frames
+from .layers import attend
+
+__all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
+
+
+class FastVisionLayer(nn.Module):
+    """Post-norm block ``h = x + LN1(attn(x))``, ``y = h + LN2(fc2(gelu(fc1(h))))`` on the
+    reference block's modules."""
+
+    def __init__(self, ref: nn.Module, backend: str) -> None:
+        super().__init__()
+        self.input_layernorm = ref.input_layernorm
+        self.attention = ref.attention
+        self.mlp = ref.mlp
+        self.post_attention_layernorm = ref.post_attention_layernorm
+        self.backend = backend
+
+    def forward(
+        self, x: torch.Tensor, cls_scores: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x [N, L, Dv] -> [N, L, Dv]; with ``cls_scores`` also float32 [N, L]: the head-mean
+        attention the CLS query (row 0) gives each key (what salient pruning ranks by)."""
+        a = self.attention
+        n, length, _ = x.shape
+        qkv = a.query_key_value(x).view(n, length, 3, a.num_heads, a.head_dim)
+        q, k, v = qkv.unbind(2)  # [N, L, H, Dh] strided views: the kernels take strides
+        rows = None
+        if cls_scores:
+            rows = torch.zeros(n, length, dtype=torch.bool, device=x.device)
+            rows[:, 0] = True
+        ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend)
+        h = x + self.input_layernorm(a.dense(ctx.reshape(n, length, -1)))
+        y = h + self.post_attention_layernorm(self.mlp(h))
+        return y if scores is None else (y, scores)
+
+
+class _Transformer(nn.Module):
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class FastEVA2CLIPModel(nn.Module):
+    """Frames -> LM-ready tokens [N, tokens_per_frame, Dt], through the haic_kernels ops."""
+
+    def __init__(self, ref: EVA2CLIPModel, backend: str, attn_backend: str) -> None:
+        super().__init__()
+        self.config = ref.config
+        self.backend = backend
+        # The reference's attribute order, so state_dict() keys come in the same order.
+        self.patch_embedding = ref.patch_embedding
+        self.transformer = _Transformer(
+            [FastVisionLayer(layer, attn_backend) for layer in ref.transformer.layers]
+        )
+        self.linear_proj = ref.linear_proj
+        self.conv = ref.conv
+        self.boi = ref.boi
+        self.eoi = ref.eoi
+
+    def embed_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] or normalized float [N, 3, H, W] -> [N, 1 + P, Dv]."""
+        check_frames(frames, self.config)
+        pe = self.patch_embedding
+        return patch_embed(frames, pe.proj.weight, pe.proj.bias, pe.cls_embedding,
+                           pe.position_embedding.weight, backend=self.backend)  # fmt: skip
+
+    def run_vision_tower(
+        self, x: torch.Tensor, cls_scores: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """[N, L, Dv] -> [N, L, Dv]; with ``cls_scores`` also the last block's CLS attention
+        [N, L] (float32, head mean; see `haic_kernels.pruning.pool_cls_attention`)."""
+        layers = self.transformer.layers
+        for layer in layers[:-1]:
+            x = layer(x)
+        return layers[-1](x, cls_scores) if len(layers) else x
+
+    def compress_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1 + g*g, Dv] -> [N, tokens_per_frame, Dt]: 2x2 conv (drops CLS), GLU, boi/eoi."""
+        v = self.config.vision
+        if x.dim() != 3 or x.shape[1] != v.num_positions or x.shape[2] != v.hidden_size:
+            raise ValueError(
+                f"x must be [N, {v.num_positions}, {v.hidden_size}], got {tuple(x.shape)}"
+            )
+        y = self.linear_proj(
+            conv_compress(x, self.conv.weight, self.conv.bias, grid=v.grid, backend=self.backend)
+        )
+        n = y.shape[0]
+        return torch.cat([self.boi.expand(n, -1, -1).to(y.dtype), y,
+                          self.eoi.expand(n, -1, -1).to(y.dtype)], dim=1)  # fmt: skip
+
+    def encode(
+        self, frames: torch.Tensor, cls_scores: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three stages: (LM rows [N * tokens_per_frame, Dt], with ``cls_scores`` the last
+        block's CLS attention pooled per LM patch token [N, patches], else None)."""
+        x = self.run_vision_tower(self.embed_patches(frames), cls_scores)
+        x, cls = x if cls_scores else (x, None)
+        rows = self.compress_and_adapt(x).flatten(0, 1)
+        return rows, None if cls is None else pool_cls_attention(cls)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.compress_and_adapt(self.run_vision_tower(self.embed_patches(frames)))
