@@ -26,7 +26,8 @@ the CUDA way (`_common.device_checks`): they count as the kernels a GPU launches
 
 Per layer: with ``layers`` (modules) and ``root`` (the model), every forward pre-hook under root
 sets the current layer (the index of the layer containing that module, or none), and counts go
-to it. Code that calls a layer's submodules directly (a decode loop) is attributed the same way.
+to it; a layer's ``forward`` / ``decode`` (`ENTRY_POINTS`) sets it on entry and clears it on
+return, so ops a layer calls directly count to it and code after the last layer outside.
 The first call of ``fn`` may compile or autotune: `count_launches` runs it once untraced first
 (``warmup=True``).
 """
@@ -69,6 +70,9 @@ SYNC_OPS = frozenset(
     )
 )  # fmt: skip
 HOST_READS = ("tolist", "cpu", "numpy")
+# A layer's entry points (a prefill calls forward, a decode step decode): inside one, counts go
+# to that layer, also for ops the layer calls directly rather than through a submodule.
+ENTRY_POINTS = ("forward", "decode")
 
 
 @dataclass
@@ -309,12 +313,18 @@ def count_launches(
             tracer.current = idx
 
         handles.append(m.register_forward_pre_hook(pre_hook))
+    entries = [(layer, attr, i) for i, layer in enumerate(layers) for attr in ENTRY_POINTS
+               if callable(getattr(layer, attr, None))]  # fmt: skip
+    for layer, attr, i in entries:  # an instance attribute shadows the method while tracing
+        layer.__dict__[attr] = _entered(getattr(layer, attr), i, tracer)
     try:
         with _patched(tracer), device_checks(), tracer, torch.no_grad():
             out = fn(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
+        for layer, attr, _ in entries:
+            layer.__dict__.pop(attr, None)
     total = Tally()
     for t in (*tracer.layers, tracer.outside):
         total.kernels += t.kernels
@@ -322,6 +332,20 @@ def count_launches(
         total.by_kernel += t.by_kernel
         total.by_sync += t.by_sync
     return LaunchReport(total, tracer.layers, tracer.outside), out
+
+
+def _entered(method: Callable[..., Any], idx: int, tracer: _Tracer) -> Callable[..., Any]:
+    """``method`` of layer ``idx``: what runs inside counts to the layer, what follows (until
+    the next layer or hooked module) outside the layers."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        tracer.current = idx
+        try:
+            return method(*args, **kwargs)
+        finally:
+            tracer.current = None
+
+    return call
 
 
 # ---- the model's hot paths (the calls themselves live in model_calls) ------------------------
