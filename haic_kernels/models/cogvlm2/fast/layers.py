@@ -175,10 +175,10 @@ class FastDecoderLayer(nn.Module):
 
     def decode(self, x: torch.Tensor, pos: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One step: x [B, D] (one new language token per row at positions ``pos`` int64 [B])
-        -> [B, D]; appends the step's k/v to ``cache`` and advances its ``seqlens``."""
+        -> [B, D]; appends the step's k/v to ``cache`` at ``cache.seqlens``, which the caller
+        advances once for all layers (`StaticKVCache.advance`) after the step."""
         out = self._block(
             x, pos, None,
             lambda q, k, v: (decode_attention(q, *cache, k, v, backend=self.attn_backend), None),
         )  # fmt: skip
-        cache.seqlens.add_(1)
         return out.x
