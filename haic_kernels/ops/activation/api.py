@@ -3,6 +3,8 @@ choice; the ``haic_kernels::activation`` custom op and its dispatch table live i
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from haic_kernels.ops._common import check_no_grad, check_same_device, check_tensor
@@ -86,8 +88,8 @@ def _run(kind: str, a: torch.Tensor, b: torch.Tensor | None, backend: str) -> to
     if backend == "liger" and kind != "silu_mul":  # no device makes this call expressible
         raise ValueError("backend: 'liger' serves silu_mul only")
     chosen = DISPATCH.resolve(backend, a.device)
-    n = a.shape[-1]
-    a2 = a.reshape(-1, n)
-    b2 = b.reshape(-1, n) if kind == "silu_mul" else b
+    n, rows = a.shape[-1], math.prod(a.shape[:-1])  # not reshape(-1, n): n may be 0
+    a2 = a.reshape(rows, n)
+    b2 = b.reshape(rows, n) if kind == "silu_mul" else b
     out = torch.ops.haic_kernels.activation(a2, b2, kind, chosen)
     return out.view(*a.shape[:-1], n)
