@@ -72,7 +72,10 @@ def _assert_model_numbers(got, model, rounded_before=None):
     # one ulp; two with an intermediate rounding (its ulp, then the add's)
     ulps = 1.01 if rounded_before is None else 2.01
     assert (diff <= ulp * ulps).all(), f"max diff {diff.max():.3e} is over {ulps:.0f} ulp"
-    assert (diff == 0).float().mean() >= 0.99, f"only {(diff == 0).float().mean():.3f} equal"
+    # equal almost everywhere: at most 1% of the elements one ulp off, and one in a short row
+    # (64 elements: a single rounding-boundary crossing is the docstring's expected case)
+    off = int((diff != 0).sum())
+    assert off <= max(1, diff.numel() // 100), f"{off} of {diff.numel()} elements differ"
 
 
 # (leading dims, D): decode, odd rows, the vision / LM widths scaled down, a non-power-of-2 width
