@@ -18,9 +18,15 @@ from haic_kernels.ops.patch_embed import patch_embed
 from haic_kernels.ops.patchify import patchify
 from haic_kernels.ops.rope import apply_rope, rope_qkv
 
+# isort: split
+# ---- issue 14 (fused kernels): norm, activation and fp8 ops; one block for the merge ----
+from haic_kernels.ops.activation import bias_gelu, silu_mul
+from haic_kernels.ops.fp8_linear import Fp8Weight, fp8_linear, quantize_rows
+from haic_kernels.ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - the issue-14 block stays separate until the merge
     "CLIP_MEAN",
     "CLIP_STD",
     "AttentionOutput",
@@ -37,4 +43,14 @@ __all__ = [
     "pruning",
     "rope_qkv",
     "token_prune",
+    # ---- issue 14 (fused kernels) ----
+    "Fp8Weight",
+    "add_layer_norm",
+    "add_rms_norm",
+    "bias_gelu",
+    "fp8_linear",
+    "layer_norm",
+    "quantize_rows",
+    "rms_norm",
+    "silu_mul",
 ]

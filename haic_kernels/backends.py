@@ -1,4 +1,5 @@
-"""What can run here, and why not: CUDA device, Triton, haic_kernels._C, flash-attn, DALI, PyAV.
+"""What can run here, and why not: CUDA device, Triton, haic_kernels._C, flash-attn, DALI, PyAV,
+Liger-Kernel.
 
 Every probe is lazy (nothing heavy is imported until it is asked for) and cached for the life of
 the process. Each returns a `Backend`:
@@ -32,8 +33,10 @@ __all__ = [
     "dali",
     "flash_attn",
     "get",
+    "liger",
     "pyav",
     "require",
+    "require_on",
     "triton",
 ]
 
@@ -203,6 +206,20 @@ def pyav() -> Backend:
     return Backend("pyav", True, True, "FFmpeg decoding on the CPU", _dist_version("av"))
 
 
+@cache
+def liger() -> Backend:
+    """Liger-Kernel (linkedin, pure Triton): the optional ``backend="liger"`` of the norm and
+    activation ops. CUDA only: its kernels call ``.to()`` on scalar arguments, which Triton's
+    interpreter (plain Python floats) rejects, so it cannot run on CPU tensors."""
+    if not _has_module("liger_kernel"):
+        return Backend("liger", False, False, "not installed (pip install haic_kernels[liger])")
+    version = _dist_version("liger-kernel", "liger_kernel")
+    if _cuda_capability() is None:
+        reason = "installed, but needs a CUDA device (its kernels do not run under the interpreter)"
+        return Backend("liger", True, False, reason, version)
+    return Backend("liger", True, True, "fused RMSNorm and SiLU*mul on the CUDA device", version)
+
+
 _PROBES: dict[str, Callable[[], Backend]] = {
     "cuda_device": cuda_device,
     "triton": triton,
@@ -210,6 +227,7 @@ _PROBES: dict[str, Callable[[], Backend]] = {
     "flash_attn": flash_attn,
     "dali": dali,
     "pyav": pyav,
+    "liger": liger,
 }
 
 
@@ -223,7 +241,8 @@ def get(name: str) -> Backend:
 
 
 def all_backends() -> list[Backend]:
-    """Every probe, in a fixed order: cuda_device, triton, cuda_ext, flash_attn, dali, pyav."""
+    """Every probe, in a fixed order: cuda_device, triton, cuda_ext, flash_attn, dali, pyav,
+    liger."""
     return [probe() for probe in _PROBES.values()]
 
 
@@ -232,6 +251,14 @@ def require(name: str) -> Backend:
     b = get(name)
     if not b.usable:
         raise BackendUnavailable(f"{name} is not usable here: {b.reason}")
+    return b
+
+
+def require_on(name: str, device: object) -> Backend:
+    """`require`, and the tensors must be on a CUDA device (backends with no CPU path)."""
+    b = require(name)
+    if getattr(device, "type", str(device)) != "cuda":
+        raise BackendUnavailable(f"{name} needs CUDA tensors, got tensors on {device}")
     return b
 
 

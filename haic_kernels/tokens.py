@@ -32,10 +32,11 @@ def check_token_types(token_type_ids: object, name: str = "token_type_ids") -> N
 
 
 def _flat(
-    token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor | None
+    token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(types [T], first-of-sequence bool [T], last-of-sequence bool [T]) of any accepted form."""
-    check_token_types(token_type_ids)
+    if check:
+        check_token_types(token_type_ids)
     t = token_type_ids
     if cu_seqlens is None:
         if t.dim() not in (1, 2):
@@ -56,7 +57,7 @@ def _flat(
 
 
 def build_position_ids(
-    token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+    token_type_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None, *, check: bool = True
 ) -> torch.Tensor:
     """Position ids from token types, the release's rule: int64, the shape of the input.
 
@@ -67,8 +68,11 @@ def build_position_ids(
 
     So a frame of 66 tokens between language tokens, after position p, gets boi = p+1, all 64
     patch tokens p+2, eoi = p+3; a back-to-back run of frames shares one id for its inside.
+
+    ``check=False``: the caller has checked the types (`check_token_types` reads a flag back
+    from the device; a caller that reads other values too folds it into its one read).
     """
-    t, first, last = _flat(token_type_ids, cu_seqlens)
+    t, first, last = _flat(token_type_ids, cu_seqlens, check)
     lang = t != VISION_TOKEN_TYPE
     prev_lang = first | lang.roll(1)  # a sequence start acts as a language token ...
     next_lang = last | lang.roll(-1)  # ... and so does its end

@@ -1,4 +1,4 @@
-"""haic_kernels.backends: the six probes, their reasons, `require`, and the lazy-import rule."""
+"""haic_kernels.backends: the probes, their reasons, `require`, and the lazy-import rule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from haic_kernels import _ext, backends
 from haic_kernels.backends import Backend, BackendUnavailable
 
-NAMES = ["cuda_device", "triton", "cuda_ext", "flash_attn", "dali", "pyav"]
+NAMES = ["cuda_device", "triton", "cuda_ext", "flash_attn", "dali", "pyav", "liger"]
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def fresh_probes():
     backends.cache_clear()
 
 
-def test_all_backends_lists_six_with_reasons():
+def test_all_backends_lists_every_probe_with_reasons():
     found = backends.all_backends()
     assert [b.name for b in found] == NAMES
     for b in found:

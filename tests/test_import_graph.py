@@ -29,7 +29,6 @@ RANKS = {
     "haic_kernels.testing.prune_scores": 6,
     "haic_kernels.testing.reduction_report": 6,
     "haic_kernels": 3,  # the root: the public functional API (ops, pruning)
-    "haic_kernels._aot_cases": 3,
     "haic_kernels._aot_check": 3,
     "haic_kernels.pruning": 3,
     "haic_kernels.models": 4,

@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 
-from ..bench.env import collect_env
+from ..bench.env import collect_env, trust_fast_paths
+from ..bench.model_calls import build_reference
 from ..bench.results import add_speedups, to_document, write_json
 from ..bench.roofline import measure_peaks
 from ..models.cogvlm2 import (
     ByteTokenizer,
-    CogVLM2ForCausalLM,
     FastCogVLM2,
     build_prompt,
     get_config,
@@ -129,16 +129,8 @@ def _row(case, backend, baseline, spec, dtype, ms, n, *, suite=SUITE, **extra) -
 
 
 def random_reference(config, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The reference model with seeded random weights, built directly on ``device`` in ``dtype``
-    (the full model in fp32 on the host would need ~50 GB and minutes of copying)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = CogVLM2ForCausalLM(config, attn_impl="sdpa")
-    finally:
-        torch.set_default_dtype(previous)
-    return init_random_weights(model, seed=0).eval()
+    """`build_reference` with seeded random weights (`init_random_weights`, drawn on the host)."""
+    return init_random_weights(build_reference(config, device, dtype), seed=0).eval()
 
 
 def prepare(size: str, sizes: dict[str, dict[str, Any]], device, clip_dir):
@@ -240,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                    "as haic parity --reduce)")  # fmt: skip
     args = p.parse_args(argv)
     size = args.size or ("full" if torch.cuda.is_available() else "tiny")
-    doc = run_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir,
-                  reduce=args.reduce)  # fmt: skip
+    with trust_fast_paths():
+        doc = run_e2e(size, reps=args.reps, warmup=args.warmup, clip_dir=args.clip_dir,
+                      reduce=args.reduce)  # fmt: skip
     print(format_table(doc))
     if doc.get("reduction"):
         print(format_reduction([ReductionRow(**r) for r in doc["reduction"]]))

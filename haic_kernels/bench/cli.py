@@ -4,6 +4,7 @@
     haic bench patchify --size tiny                      # CPU, seconds
     haic bench all --size full --json out/bench.json --plot out/bench.png
     haic bench --show benchmarks/results/patchify-h100-2026-11-21.json
+    haic bench launches --config tiny --backend triton   # kernel / sync counts (launches.py)
 
 Also runs as ``python -m haic_kernels.bench.cli``. Exit status: 0 when every case that could run
 here ran and passed its output check, 1 when any failed, 2 for a usage error.
@@ -67,6 +68,11 @@ def _error(msg: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launches"]:  # a subcommand with its own options
+        from haic_kernels.bench.launches import main as launches_main
+
+        return launches_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

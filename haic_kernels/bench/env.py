@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,20 @@ import torch
 
 # The repository root: haic_kernels/bench/env.py -> parents[2].
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def trust_fast_paths() -> Iterator[str]:
+    """While inside, ``backend="auto"`` may choose fast paths not yet verified on this GPU
+    (HAIC_TRUST_UNVERIFIED=1 unless the caller set it; restored on exit): a benchmark of the
+    fast model should not time the PyTorch fallbacks auto otherwise picks. Yields the value."""
+    before = os.environ.get("HAIC_TRUST_UNVERIFIED")
+    os.environ.setdefault("HAIC_TRUST_UNVERIFIED", "1")
+    try:
+        yield os.environ["HAIC_TRUST_UNVERIFIED"]
+    finally:
+        if before is None:
+            os.environ.pop("HAIC_TRUST_UNVERIFIED", None)
 
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: float = 10.0) -> str | None:

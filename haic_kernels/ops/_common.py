@@ -34,6 +34,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "check_tensor",
     "check_triple",
     "check_values",
+    "device_checks",
     "eager_values",
     "ext_runs_on",
     "interpreting",
@@ -141,6 +143,21 @@ def _usable_here(op: str, backend: str, device: torch.device) -> str | None:
         if not on_cuda:
             return f"flash-attn needs CUDA tensors, got tensors on {device}"
         return None if fa.usable else fa.reason
+    if (
+        backend == "liger"
+    ):  # Liger-Kernel's Triton kernels: CUDA only (the interpreter rejects them)
+        lg = backends.liger()
+        if not on_cuda:
+            return f"Liger-Kernel needs CUDA tensors, got tensors on {device}"
+        return None if lg.usable else lg.reason
+    if backend == "scaled_mm":  # torch._scaled_mm: e4m3 tensor cores
+        if not on_cuda:
+            return f"needs CUDA tensors, got tensors on {device}"
+        if not hasattr(torch, "_scaled_mm"):
+            return f"torch {torch.__version__} has no torch._scaled_mm"
+        if torch.cuda.get_device_capability(device) < (8, 9):
+            return f"needs sm_89 or newer (fp8 tensor cores), this device is {_arch(device)}"
+        return None
     return None  # torch, sdpa and other pure-PyTorch paths run anywhere
 
 
@@ -331,9 +348,26 @@ def check_no_grad(op: str, **tensors: torch.Tensor | None) -> None:
 # ---- value checks (no host sync on CUDA) --------------------------------------------------------
 
 
+_DEVICE_CHECKS: ContextVar[bool] = ContextVar("haic_device_checks", default=False)
+
+
+@contextmanager
+def device_checks() -> Iterator[None]:
+    """Within the block, value checks of CPU tensors run as they do on CUDA: asynchronous asserts
+    (``torch._assert_async``; on the CPU it still raises at once, as a RuntimeError naming the
+    argument), never a host read. The launch counter (`bench.launches`) traces under it, so a CPU
+    trace counts the check kernels a GPU launches and none of the host syncs it does not do."""
+    token = _DEVICE_CHECKS.set(True)
+    try:
+        yield
+    finally:
+        _DEVICE_CHECKS.reset(token)
+
+
 def eager_values(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values are checked now, on the host: CPU tensors outside torch.compile."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether ``t``'s values are checked now, on the host: CPU tensors outside torch.compile
+    and outside `device_checks`."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling() and not _DEVICE_CHECKS.get()
 
 
 def check_values(ok: torch.Tensor, msg: str) -> None:

@@ -24,7 +24,7 @@ def _haic(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_info_lists_every_backend_with_a_reason() -> None:
     r = _haic("info")
     assert r.returncode == 0, r.stderr
-    for name in ("cuda_device", "triton", "cuda_ext", "flash_attn", "dali", "pyav"):
+    for name in ("cuda_device", "triton", "cuda_ext", "flash_attn", "dali", "pyav", "liger"):
         assert name in r.stdout, f"{name} missing from `haic info`:\n{r.stdout}"
     lines = [ln for ln in r.stdout.splitlines()[2:] if ln.strip()]
     assert len(lines) >= 6

@@ -75,7 +75,7 @@ def attention(
       same for the keys. ``max_seqlen`` (optional) is the longest query sequence, to save a
       device-to-host read of ``cu_seqlens`` on a GPU. Both are checked, never trusted: on CPU
       eagerly (ValueError), on CUDA by asynchronous device asserts (no host sync), while the
-      kernels clamp every boundary and cover sequences longer than ``max_seqlen``.
+      kernels clamp every boundary and write NaN to the rows past a too-small ``max_seqlen``.
 
     dtypes: float16 / bfloat16 (float32 is accepted too, for CPU tests); q, k, v share dtype and
     device; any strides (a head dim that is not contiguous costs a copy). Head dim ``D``: any

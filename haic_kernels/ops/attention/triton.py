@@ -9,10 +9,14 @@ from ``cu_seqlens`` for the packed layout, ``start = 0`` for the padded one (who
 may come per sequence, ``seqused_k``, for a KV cache).
 
 Metadata is never trusted to stay in bounds: sequence boundaries are clamped into the rows that
-exist, and the grid's query (key) blocks come from ``max_seqlen``, a hint: programs stride over
-the blocks of longer sequences. Values: a key the mask hides never contributes, even when it
-holds NaN or Inf (the masked tiles keep non-finite V entries out of the P @ V product and mark
-the rows that do see them); visible non-finite values make the output non-finite.
+exist, and the grid's query blocks come from ``max_seqlen``: query rows past a too-small value
+(which the API's device assert reports) are written NaN, never left holding what the buffer held.
+One query block per program, so the main loop carries nothing but its tile (a grid-stride loop
+around it cost ~200 B of register spills per thread on sm_90). Values: a key the mask hides never
+contributes, even when it holds NaN or Inf (the masked tiles keep non-finite V entries out of the
+P @ V product and mark the rows that do see them); visible non-finite values make the output
+non-finite. Bad K rows and q rows are found from the logits they produce (a non-finite q or K row
+gives a non-finite logit for every key it meets), so K never leaves shared memory for a check.
 """
 
 from __future__ import annotations
@@ -78,22 +82,22 @@ def _fwd_tile(
     HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One key block of the online softmax; logits in the log2 domain (scale * log2 e folded,
-    key_bias times log2 e). ``nf`` [BLOCK_M] counts, per row, the visible keys whose K row
-    holds NaN/Inf."""
+    key_bias times log2 e). ``nf`` [BLOCK_M] counts, per row, the visible keys whose logit is
+    not finite (NaN/Inf in the q row or the K row)."""
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (cols < len_k)[:, None] & (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-    k_bad = tl.max(((k != k) | (tl.abs(k) == float("inf"))).to(tl.int32), 1)  # [BLOCK_N]
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    s_bad = ((s != s) | (tl.abs(s) == float("inf"))).to(tl.int32)  # a bad q or K row's logits
     if HAS_BIAS:
         s += tl.load(bias_base + cols, mask=cols < len_k, other=0.0)[None, :] * 1.4426950408889634
     if MASKED:
         vis = _visible(rows, cols, len_k, off, ids_q, ids_ptr, CAUSAL, HAS_IDS)
         s = tl.where(vis, s, float("-inf"))  # overwrites: a hidden key's NaN logit is gone
-        nf += tl.sum(tl.where(vis, k_bad[None, :], 0), 1)
+        nf += tl.sum(tl.where(vis, s_bad, 0), 1)
     else:
-        nf += tl.sum(k_bad, 0)  # every key of the tile is visible to every row
+        nf += tl.sum(s_bad, 1)  # every key of the tile is visible to every row
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Rows that have seen no key yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -193,11 +197,7 @@ def _fwd_block(
     empty = l_i == 0.0  # a row that sees no key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     # The non-finite rule: a row that sees a key is NaN when its q or a visible K row is bad.
-    q_bad = tl.max(((q != q) | (tl.abs(q) == float("inf"))).to(tl.int32), 1) > 0
-    sees = (len_k > 0) & (rows + off >= 0)
-    if not CAUSAL:
-        sees = len_k > 0
-    bad = (nf > 0) | (q_bad & sees)
+    bad = nf > 0
     out = tl.where(bad[:, None], float("nan"), out)
     o_base = o_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_ot
     tl.store(
@@ -234,7 +234,8 @@ def _attn_fwd_kernel(
         len_k = tl.minimum(tl.maximum(tl.load(cu_k_ptr + b), 0), seqlen_k)
     n_prog = tl.num_programs(1)
     # Causal blocks further down hold more work: launch them first so the tail is short.
-    for blk in range(n_prog - 1 - tl.program_id(1), tl.cdiv(len_q, BLOCK_M), n_prog):
+    blk = n_prog - 1 - tl.program_id(1)
+    if blk * BLOCK_M < len_q:
         _fwd_block(
             q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, ids_ptr, bias_ptr, b.to(tl.int64), h,
             blk * BLOCK_M, q_start, len_q, k_start, len_k, group, qk_scale, D,
@@ -243,6 +244,19 @@ def _attn_fwd_kernel(
             stride_lb, stride_lh, stride_ib, stride_bb,
             BLOCK_M, BLOCK_N, BLOCK_D, CAUSAL, HAS_IDS, HAS_BIAS, STORE_LSE, PRECISION,
         )  # fmt: skip
+    # Rows past the grid (max_seqlen below the true length): NaN, so nothing stale comes back.
+    for start in range((blk + n_prog) * BLOCK_M, len_q, n_prog * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        ok = rows < len_q
+        o_base = (o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                  + q_start.to(tl.int64) * stride_ot)  # fmt: skip
+        nan = tl.full([BLOCK_M, BLOCK_D], float("nan"), tl.float32).to(o_ptr.dtype.element_ty)
+        tl.store(o_base + rows[:, None] * stride_ot + offs_d[None, :], nan,
+                 mask=ok[:, None] & (offs_d < D)[None, :])  # fmt: skip
+        if STORE_LSE:
+            l_base = lse_ptr + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_start
+            tl.store(l_base + rows, tl.full([BLOCK_M], float("nan"), tl.float32), mask=ok)
 
 
 _attn_fwd_tuned = triton.autotune(
@@ -361,8 +375,8 @@ def attention_triton(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(out, lse or None, scores or None)``; layouts as in `haic_kernels.attention`.
 
-    ``max_seqlen`` / ``max_seqlen_k`` size the grid (hints: longer sequences are covered
-    anyway); ``seqused_k`` (padded layout only, int32 [B], contiguous): the valid keys of each
+    ``max_seqlen`` / ``max_seqlen_k`` size the grid (query rows past ``max_seqlen`` come back
+    NaN; the keys are covered whatever ``max_seqlen_k`` says); ``seqused_k`` (padded layout only, int32 [B], contiguous): the valid keys of each
     sequence, as in a KV cache; ``key_bias`` fp32 contiguous [B, Sk] / [Tk]: added to each key's
     logit. ``alloc(shape, dtype, device)`` allocates the outputs.
     """
@@ -492,3 +506,71 @@ def _key_scores(
         n_key = key_scores.sum(1, keepdim=True)  # [B, 1]
     denom = (n_key * hq).to(torch.float32)
     return torch.where(n_key > 0, total / denom.clamp_min(1.0), 0.0)
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The model's calls, with the strides the launcher passes:
+# - vision: dense [24, 257, 16, 112] q/k/v, strided views of the QKV output [24, 257, 3, 16, 112]
+#   (row stride 5376), full attention, one query head per KV head (group 1: a constant);
+# - LM prefill: dense [1, 1624, 32|8, 128] from rope_qkv, causal, GQA 4; and packed (varlen:
+#   batch strides 0, cu_seqlens) for ragged batches;
+# - the small-tile path (<= 16 query rows: decode without the CUDA kernel) against a cache of
+#   1688 rows [1, 1688, 8, 128];
+# - the tower under ToMe: packed frames (varlen) with the log-size key bias;
+# - key scores (pruning: not hot): the vision CLS row and the LM's last row.
+# Quick: bf16, tiles 128x64 (8 warps) and 64x64 (128x64 alone for the packed calls), and the
+# small-tile path in bf16 / fp16;
+# --full: every config and dtype (fp32 tiles take ptxas 12-40 s each).
+def _attn_args(dt, d, sq, sk, qs, ks, os_, group, varlen, causal, bucket, rows=(1, 1), bias=False):
+    # rows: (q rows, k rows) of the call (total_q / total_k: B * S dense, T packed).
+    return dict(total_q=rows[0], total_k=rows[1], has_seqused_k=0,
+        q_ptr=dt, k_ptr=dt, v_ptr=dt, o_ptr=dt, lse_ptr=torch.float32, cu_q_ptr=torch.int32,
+        cu_k_ptr=torch.int32, ids_ptr=torch.int32, bias_ptr=torch.float32, seqlen_q=sq,
+        seqlen_k=sk, group=group,
+        qk_scale=d**-0.5 * _LOG2E, D=d, stride_qb=qs[0], stride_qt=qs[1], stride_qh=qs[2],
+        stride_kb=ks[0], stride_kt=ks[1], stride_kh=ks[2], stride_vb=ks[0], stride_vt=ks[1],
+        stride_vh=ks[2], stride_ob=os_[0], stride_ot=os_[1], stride_oh=os_[2], stride_lb=0,
+        stride_lh=0, stride_ib=0, stride_bb=0, len_bucket=bucket,
+        BLOCK_D=max(16, 1 << (d - 1).bit_length()),
+        CAUSAL=causal, HAS_IDS=False, VARLEN=varlen, STORE_LSE=False, HAS_BIAS=bias,
+        PRECISION="ieee" if dt == torch.float32 else "tf32",
+    )  # fmt: skip
+
+
+# (D, seqlen_q, seqlen_k, q strides, k/v strides, o strides, group, VARLEN, CAUSAL, len_bucket)
+# (the vision tower: 24 frames; the LM: one 1624-token row, or 8 packed rows of 1624-1700)
+_VISION = (112, 257, 257, (257 * 5376, 5376, 112), (257 * 5376, 5376, 112),
+           (257 * 1792, 1792, 112), 1, False, False, 512, (24 * 257, 24 * 257))  # fmt: skip
+# The tower under ToMe (VisionMerge): frames packed (varlen) with the log-size key bias.
+_VISION_MERGED = (112, 0, 0, (0, 5376, 112), (0, 5376, 112), (0, 1792, 112), 1, True, False, 512,
+                  (24 * 253, 24 * 253), True)  # fmt: skip
+_LM = (128, 1624, 1624, (1624 * 4096, 4096, 128), (1624 * 1024, 1024, 128),
+       (1624 * 4096, 4096, 128), 4, False, True, 2048, (1624, 1624))  # fmt: skip
+_LM_PACKED = (128, 0, 0, (0, 4096, 128), (0, 1024, 128), (0, 4096, 128), 4, True, True, 2048,
+              (13001, 13001))  # fmt: skip
+_DECODE = (128, 1, 1688, (4096, 4096, 128), (1688 * 1024, 1024, 128), (4096, 4096, 128), 4,
+           False, True, 0, (1, 1688))  # fmt: skip
+_ATTN_DTYPES = (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
+AOT_CASES = [
+    *(dict(kernel="_attn_fwd_kernel", variant=f"{name},{call}",
+           args=_attn_args(dt, *shape), configs=_GPU_CONFIGS,
+           quick=((0, 2) if call in ("vision", "lm") else (0,)) if dt == torch.bfloat16 else (),
+           hot=dt == torch.bfloat16)
+      for name, dt in _ATTN_DTYPES
+      for call, shape in (("vision", _VISION), ("vision merged", _VISION_MERGED), ("lm", _LM),
+                          ("lm packed", _LM_PACKED))
+      if call in ("vision", "lm") or dt == torch.bfloat16),
+    *(dict(kernel="_attn_fwd_kernel", variant=f"{name},decode 16x64",
+           args={**_attn_args(dt, *_DECODE), "BLOCK_M": _DECODE_BLOCK_M, "BLOCK_N": 64},
+           warps=4, quick=dt != torch.float32, hot=dt == torch.bfloat16)
+      for name, dt in _ATTN_DTYPES),
+    *(dict(kernel="_key_scores_kernel", variant=f"{name},{call}",
+           args={**{k: v for k, v in _attn_args(dt, *shape).items()
+                    if k not in ("v_ptr", "o_ptr", "STORE_LSE", "len_bucket", "has_seqused_k") and
+                    not k.startswith(("stride_v", "stride_o", "stride_i"))},
+                 "sel_ptr": torch.uint8, "part_ptr": torch.float32, "stride_lb": 16 * 257,
+                 "stride_lh": 257, "stride_sb": 257, "stride_ib": 0, "stride_pb": 257,
+                 "stride_ph": 24 * 257, "BLOCK_M": _SCORES_BLOCK_M, "BLOCK_N": _SCORES_BLOCK_N},
+           warps=4, quick=dt == torch.bfloat16, hot=False)
+      for name, dt in _ATTN_DTYPES for call, shape in (("vision", _VISION), ("lm", _LM))),
+]  # fmt: skip

@@ -165,3 +165,21 @@ def conv_compress_triton(
         HAS_BIAS=bias is not None,
         IEEE_FP32=x.dtype == torch.float32,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The full-size call: 24 frames of 257 tokens (CLS first, tok0 = 1) of C = 1792 from the vision
+# tower ([F, 257, C] contiguous: stride_c 1, the runtime's constant), grid 16 -> 1536 rows.
+# Quick: the largest and the smallest tiles in bf16; --full: every config in every dtype.
+AOT_CASES = [
+    dict(
+        kernel="_conv_compress_fwd_kernel", variant=str(dt).removeprefix("torch.").replace(
+            "bfloat16", "bf16").replace("float16", "fp16").replace("float32", "fp32"),
+        args=dict(x_ptr=dt, w_ptr=dt, bias_ptr=dt, out_ptr=dt, n_rows=24 * 64, n_cols=1792,
+                  C=1792, g=16, tok0=1, stride_f=257 * 1792, stride_t=1792, stride_c=1,
+                  HAS_BIAS=True, IEEE_FP32=dt == torch.float32),
+        configs=_GPU_CONFIGS, quick=(0, 5) if dt == torch.bfloat16 else (),
+        hot=dt == torch.bfloat16,
+    )
+    for dt in (torch.bfloat16, torch.float16, torch.float32)
+]  # fmt: skip

@@ -221,3 +221,25 @@ def expert_linear_triton(
         kernel[grid({**_INTERP_CONFIG})](*args, **consts, **_INTERP_CONFIG)
     else:
         kernel[grid](*args, **consts)
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The image model's routed projections (2 experts, used only there), a 24-frame prompt of 1624
+# tokens: QKV (K 4096 -> N 6144, the vision expert has a bias: BIAS_MASK 0b10) and the MLP's
+# down projection (K 14336 -> N 4096). The two weights lie N*K elements apart; x and out are
+# contiguous. Quick: QKV in bf16, the largest tiles and config 4 (fits sm_80); --full: all.
+AOT_CASES = [
+    dict(
+        kernel="_expert_linear_kernel", variant=f"{name},{proj}",
+        args=dict(x_ptr=dt, w_ptr=dt, b_ptr=dt, out_ptr=dt, perm_ptr=torch.int32,
+                  offsets_ptr=torch.int32, T=1624, N=n, K=k, stride_xm=k, stride_om=n,
+                  m_bucket=2048, wd1=n * k, **{f"wd{e}": 0 for e in range(2, 8)},
+                  **{f"bd{e}": 0 for e in range(1, 8)}, E=2, BIAS_MASK=mask,
+                  IEEE=dt == torch.float32, EVEN_K=True),
+        configs=_GPU_CONFIGS, quick=(0, 4) if (proj == "qkv" and dt == torch.bfloat16) else (),
+        hot=dt == torch.bfloat16,
+    )
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
+    for proj, k, n, mask in (("qkv", 4096, 6144, 2), ("down", 14336, 4096, 0))
+    if proj == "qkv" or dt == torch.bfloat16
+]  # fmt: skip

@@ -221,3 +221,25 @@ def patch_embed_triton(
         HAS_BIAS=bias is not None,
         IEEE_FP32=w_kd.dtype == torch.float32,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The full-size call: 24 frames of 224x224 -> [24, 257, 1792]; uint8 frames [F, H, W, 3]
+# contiguous (channel stride 1: the runtime's constant) or normalized float [F, 3, H, W]
+# (column stride 1). Quick: the first and the smallest (config 4, fits sm_80) tiles of the
+# video path (uint8 frames) in bf16; --full: every config, dtype and frame kind.
+AOT_CASES = [
+    dict(
+        kernel="_patch_embed_fwd_kernel", variant=f"{name},{'u8' if u8 else 'float'} frames",
+        args=dict(x_ptr=torch.uint8 if u8 else dt, w_ptr=dt, bias_ptr=dt, cls_ptr=dt, pos_ptr=dt,
+                  out_ptr=dt, n_rows=24 * 256, n_cols=1792, K=588, n_patches=256, patches_w=16,
+                  stride_f=3 * 224 * 224, stride_c=1 if u8 else 224 * 224,
+                  stride_h=224 * 3 if u8 else 224, stride_w=3 if u8 else 1,
+                  **{f"{s}{c}": 0.5 for s in ("scale", "shift") for c in range(3)},
+                  PATCH=14, NORMALIZE=u8, HAS_BIAS=True, IEEE_FP32=dt == torch.float32),
+        configs=_GPU_CONFIGS, quick=(0, 4) if (u8 and dt == torch.bfloat16) else (),
+        hot=u8 and dt == torch.bfloat16,
+    )
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
+    for u8 in (True, False)
+]  # fmt: skip

@@ -110,3 +110,19 @@ def patchify_triton(
         BLOCK_K=_BLOCK_K,
         num_warps=_NUM_WARPS,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The full-size call: 24 contiguous uint8 frames [24, 224, 224, 3], rows padded to 592 (k_multiple
+# 8); the output dtype is the GEMM's.
+AOT_CASES = [
+    dict(
+        kernel="_patchify_fwd_kernel", variant=name,
+        args=dict(frames_ptr="*u8", out_ptr=dt, n_rows=24 * 256, n_patches=256,
+                  patches_w=16, stride_f=224 * 224 * 3, stride_h=224 * 3, stride_w=3, k_pad=592,
+                  **{f"{s}{c}": 0.5 for s in ("scale", "shift") for c in range(3)},
+                  PATCH=14, BLOCK_ROWS=_BLOCK_ROWS, BLOCK_K=_BLOCK_K),
+        warps=_NUM_WARPS, hot=name == "bf16",
+    )
+    for name, dt in (("bf16", "*bf16"), ("fp16", "*fp16"), ("fp32", "*fp32"))
+]  # fmt: skip

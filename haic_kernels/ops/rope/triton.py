@@ -150,3 +150,23 @@ def rope_triton(
         RELEASE=release,
         num_warps=_NUM_WARPS,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# Llama-3-8B QKV rows [T, 6144] (32 q heads, 8 k, 8 v of D = 128: HALF 64, H_P2 32), int64
+# positions; the interleaved form only in bf16 for the quick run.
+AOT_CASES = [
+    dict(
+        kernel="_rope_fwd_kernel", variant=f"{name},interleaved={inter},release={release}",
+        args=dict(x_ptr=dt, pos_ptr=torch.int64, inv_freq_ptr=torch.float32, out0_ptr=dt,
+                  out1_ptr=dt, out2_ptr=dt, stride_x=6144, h0=32, h1=8, h2=8, HALF=64,
+                  HALF_P2=64, H_P2=32, ROT0=True, ROT1=True, ROT2=False,
+                  ROUND=dt != torch.float32, INTERLEAVED=inter, RELEASE=release),
+        warps=_NUM_WARPS, quick=not inter or dt == torch.bfloat16,
+        hot=dt == torch.bfloat16 and not inter,
+    )
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
+    for inter in (False, True)
+    # rope_precision="release" (low-precision angles) is the model's rotate-half path
+    for release in ((False, True) if dt != torch.float32 and not inter else (False,))
+]  # fmt: skip

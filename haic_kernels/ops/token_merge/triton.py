@@ -169,3 +169,28 @@ def merge_packed_triton(x, sizes, target, kept: int, alloc):
     elif kept:
         new_sizes.copy_(torch.zeros(t, device=dev).index_add_(0, target, sizes)[stay_rows])
     return out, new_sizes, out_row[target]
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# The vision tower's calls, 24 packed frames of 257 rows: the metric is the keys' head mean in
+# fp32 [T, 112] (BLOCK_D 128); the merge moves the hidden rows [T, 1792] in the model's dtype.
+# Not hot: a merging block launches them once, next to a 2.2 TFLOP-per-frame block.
+_T = 24 * 257
+AOT_CASES = [
+    dict(kernel="_match_kernel", variant="fp32,D=112",
+         args=dict(m_ptr=torch.float32, cu_ptr=torch.int32, best_ptr=torch.float32,
+                   match_ptr=torch.int64, total=_T, d=112, BLOCK_A=_MATCH_BLOCK_A,
+                   BLOCK_B=_MATCH_BLOCK_B, BLOCK_D=128),
+         warps=_NUM_WARPS, hot=False),
+    dict(kernel="_rank_kernel", variant="fp32",
+         args=dict(best_ptr=torch.float32, match_ptr=torch.int64, cu_ptr=torch.int32,
+                   r_ptr=torch.int32, target_ptr=torch.int64, total=_T, BLOCK=_RANK_BLOCK),
+         warps=_NUM_WARPS, hot=False),
+    *(dict(kernel="_merge_kernel", variant=name,
+           args=dict(x_ptr=dt, sizes_ptr=torch.float32, stay_ptr=torch.int64,
+                     start_ptr=torch.int64, count_ptr=torch.int64, order_ptr=torch.int64,
+                     out_ptr=dt, new_sizes_ptr=torch.float32, d=1792, BLOCK_D=_MERGE_BLOCK_D),
+           warps=_NUM_WARPS, hot=False, quick=name == "bf16")
+      for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16),
+                       ("fp32", torch.float32))),
+]  # fmt: skip

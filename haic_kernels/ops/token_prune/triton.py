@@ -293,3 +293,39 @@ def merge_weighted_triton(x, target, sizes, out, new_sizes) -> None:
         BLOCK_D=_MERGE_BLOCK_D,
         num_warps=_NUM_WARPS,
     )
+
+
+# ---- ahead-of-time compile cases (haic_kernels._aot_check) ------------------------------------
+# Pruning (optional, off the default path: not hot). Adapter tokens [F, 64, 4096] before the LM
+# (temporal scores, merging) and vision-tower patches [F, 256, 1792] (salient merging);
+# 24 frames; gather_rows moves hidden rows of 4096 bf16 as 2048 int32 words or 8192 bytes.
+# Quick: bf16 at N=64; --full: N=256 (ptxas 30-80 s each), fp16 and fp32 (a 256x256 fp32 Gram
+# tile: ~130 s).
+_PRUNE_DTYPES = (("bf16", "*bf16"), ("fp16", "*fp16"), ("fp32", "*fp32"))
+AOT_CASES = [
+    *(dict(kernel="_frame_cosine_kernel", variant=name,
+           args=dict(x_ptr=dt, prev_ptr="*i32", out_ptr="*fp32", n_tok=64, d=4096,
+                     stride_f=64 * 4096, stride_n=4096, first_score=2.0, BLOCK_N=_COS_BLOCK_N,
+                     BLOCK_D=_COS_BLOCK_D), warps=_NUM_WARPS, hot=False, quick=name == "bf16")
+      for name, dt in _PRUNE_DTYPES),
+    *(dict(kernel="_nearest_kept_kernel", variant=f"{name},N={n}",
+           args=dict(x_ptr=dt, keep_ptr="*i8", out_ptr="*i32", n_tok=n, d=d,
+                     BLOCK_N=n, BLOCK_D=_NK_BLOCK_D, IEEE=name == "fp32"),
+           warps=_NUM_WARPS, hot=False, quick=name == "bf16" and n == 64)
+      for name, dt in _PRUNE_DTYPES for n, d in ((64, 4096), (256, 1792))),
+    *(dict(kernel="_merge_weighted_kernel", variant=f"{name},N={n}",
+           args=dict(x_ptr=dt, target_ptr="*i32", sizes_ptr="*fp32", out_ptr=dt,
+                     new_sizes_ptr="*fp32", n_tok=n, d=d, BLOCK_N=n,
+                     BLOCK_D=_MERGE_BLOCK_D), warps=_NUM_WARPS, hot=False,
+           quick=name == "bf16" and n == 64)
+      for name, dt in _PRUNE_DTYPES for n, d in ((64, 4096), (256, 1792))),
+    dict(kernel="_segment_topk_kernel", variant="fp32",
+         args=dict(scores_ptr="*fp32", cu_ptr="*i32", k_ptr="*i32",
+                   keep_ptr="*i8", n_tokens=8 * 24 * 144, BLOCK_I=_TOPK_BLOCK_I,
+                   BLOCK_J=_TOPK_BLOCK_J),
+         warps=_NUM_WARPS, hot=False),
+    *(dict(kernel="_gather_rows_kernel", variant=name,
+           args=dict(x_ptr=dt, idx_ptr="*i64", out_ptr=dt, width=w, n_src=8 * 24 * 144,
+                     BLOCK_W=_GATHER_BLOCK_W), warps=_NUM_WARPS, hot=False)
+      for name, dt, w in (("i32", "*i32", 2048), ("u8", "*u8", 8192))),
+]  # fmt: skip

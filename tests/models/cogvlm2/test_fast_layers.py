@@ -84,6 +84,7 @@ def _run_fast(layer, cfg, rows, xs, steps):
         steps_out = []
         for i in range(steps):
             steps_out.append(layer.decode(torch.stack([s[i] for s in xs[1]]), pos, cache.layers[0]))
+            cache.advance()
             pos = pos + 1
     outs = []
     for b, (a, z) in enumerate(zip(batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist())):

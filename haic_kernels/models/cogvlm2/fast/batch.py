@@ -18,7 +18,7 @@ import torch
 from haic_kernels.constants import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE
 from haic_kernels.ops.expert_linear import Routing
 from haic_kernels.pruning import TokenCounts
-from haic_kernels.tokens import build_position_ids, vision_expert_mask
+from haic_kernels.tokens import build_position_ids, check_token_types, vision_expert_mask
 
 from ..config import CogVLM2Config
 
@@ -118,17 +118,23 @@ class TokenBatch:
         """Check and pack a model's inputs (any of the forms of the module docstring), reading
         the checks and the host data back once. ValueError naming the argument at fault."""
         rows = _split_rows(input_ids, token_type_ids, lengths)
+        if any(r[1].dtype.is_floating_point for r in rows):
+            raise ValueError("token_type_ids must be an integer tensor")
         ids = torch.cat([r[0] for r in rows]).to(torch.long)
         types = torch.cat([r[1] for r in rows]).to(torch.long)
         lens = [int(r[0].shape[0]) for r in rows]
         cu = torch.zeros(len(rows) + 1, dtype=torch.int32, device=ids.device)
         cu[1:] = torch.cumsum(torch.tensor(lens, device=ids.device), 0)
-        pos = build_position_ids(types, cu)
+        pos = build_position_ids(types, cu, check=False)  # its types check is in the one read
         vocab, max_pos = config.text.vocab_size, config.text.position_limit
         vis = torch.zeros(len(rows) + 1, dtype=torch.long, device=ids.device)
         vis[1:] = torch.cumsum(types == VISION_TOKEN_TYPE, 0)[cu[1:].long() - 1]
-        host = torch.cat([((ids < 0) | (ids >= vocab)).any().view(1), pos.max().view(1),
-                          vis.diff()]).tolist()  # fmt: skip
+        bad_types = ((types != LANGUAGE_TOKEN_TYPE) & (types != VISION_TOKEN_TYPE)).any()
+        host = torch.cat([bad_types.view(1), ((ids < 0) | (ids >= vocab)).any().view(1),
+                          pos.max().view(1), vis.diff()]).tolist()  # fmt: skip
+        if host[0]:
+            check_token_types(types)  # raises its message
+        host = host[1:]
         if host[0]:
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab})")
         if host[1] >= max_pos:

@@ -54,6 +54,7 @@ class DecodeState:
         x = model.model.embed_tokens(self.tok)
         for layer, kv in zip(model.model.layers, self.cache.layers):
             x = layer.decode(x, self.pos, kv)
+        self.cache.advance()
         self.logits = model.logits(x)
         self.pos.add_(1)
 
@@ -135,7 +136,7 @@ def _loop(model, batch, frames, vision_embeds, prune, n_new, eos, sampler, cuda_
         return
     device, b = batch.device, batch.batch_size
     state = model.decode_state(b, device)
-    state.cache.begin(n_new)
+    state.cache.begin(n_new, len(model.model.layers))
     t0 = _sync(device)
     out = prefill(model, batch, frames, vision_embeds, prune, sink=state.cache.store,
                   last_only=True)  # fmt: skip

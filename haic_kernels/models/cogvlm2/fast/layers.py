@@ -3,8 +3,10 @@
 `FastDecoderLayer` holds the reference `CogVLMDecoderLayer`'s submodules (same names and
 parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(rms(x)))))``,
 ``y = h + down_e(silu(gate_e(rms(h))) * up_e(rms(h)))`` through haic_kernels ops:
-`expert_linear` with the batch's `Routing` (decode tokens are language tokens: a step uses the
-language weights, ``F.linear``), `rope_qkv` (split + RoPE + flash layout in one pass), and
+`rms_norm`, `add_rms_norm` (``h`` and ``rms(h)`` in one pass, the reference's fp32 numbers),
+`silu_mul`, `expert_linear` with the batch's `Routing` when it has two experts (one expert,
+the video model, and decode tokens, which are language tokens: plain ``F.linear``, cuBLAS),
+`rope_qkv` (split + RoPE + flash layout in one pass), and
 `attend` / `decode_attention`: the only places that call `attention` and
 `attention_with_kvcache` (the decode kernel's public op).
 """
@@ -18,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from haic_kernels.ops.activation import silu_mul
 from haic_kernels.ops.attention import attention, attention_with_kvcache
 from haic_kernels.ops.expert_linear import Routing, expert_linear
+from haic_kernels.ops.norm import add_rms_norm, rms_norm
 from haic_kernels.ops.rope import rope_qkv
 
 from ..config import CogVLM2Config
@@ -94,16 +98,17 @@ def _linear(
     x: torch.Tensor, language: nn.Linear, vision: nn.Linear | None, route: Routing | None,
     backend: str,
 ) -> torch.Tensor:  # fmt: skip
-    """x [N, K] through each token's expert: `expert_linear` with ``route`` (1 expert:
-    language; 2: language, vision), or the language weights alone when ``route`` is None."""
-    if route is None:
+    """x [N, K] through each token's expert: `expert_linear` with a two-expert ``route``
+    (language, vision); the language weights alone (``F.linear``: a grouped GEMM of one group
+    is a slower cuBLAS GEMM) when ``route`` is None or has one expert."""
+    if route is None or route.num_experts == 1:
         return F.linear(x, language.weight, language.bias)
-    experts = [language] if route.num_experts == 1 or vision is None else [language, vision]
-    if len(experts) != route.num_experts:
+    if vision is None:
         raise ValueError(
             f"routing: built for {route.num_experts} experts, but the layer has only the "
             "language expert (the video model)"
         )
+    experts = [language, vision]
     return expert_linear(x, [e.weight for e in experts], [e.bias for e in experts], route,
                          backend=backend)  # fmt: skip
 
@@ -141,18 +146,20 @@ class FastDecoderLayer(nn.Module):
         def lin(inp: torch.Tensor, language: nn.Linear, vision: nn.Linear | None):
             return _linear(inp, language, vision, route, self.backend)
 
-        qkv = lin(self.input_layernorm(x), a.language_expert_query_key_value,
+        n1, n2, be = self.input_layernorm, self.post_attention_layernorm, self.backend
+        qkv = lin(rms_norm(x, n1.weight, eps=n1.eps, backend=be),
+                  a.language_expert_query_key_value,
                   getattr(a, "vision_expert_query_key_value", None))  # fmt: skip
-        q, k, v = (t[0] for t in rope_qkv(qkv[None], pos[None], backend=self.backend, **self.rope))
+        q, k, v = (t[0] for t in rope_qkv(qkv[None], pos[None], backend=be, **self.rope))
         ctx, scores = attend(q, k, v)
         vis_dense = getattr(a, "vision_expert_dense", None)
-        h = x + lin(ctx.flatten(1), a.language_expert_dense, vis_dense)
-        y = self.post_attention_layernorm(h)
+        y, h = add_rms_norm(lin(ctx.flatten(1), a.language_expert_dense, vis_dense), x, n2.weight,
+                            eps=n2.eps, backend=be)  # fmt: skip
 
         def mlp(name: str, inp: torch.Tensor) -> torch.Tensor:
             return lin(inp, getattr(lang, name), None if vis is None else getattr(vis, name))
 
-        g = F.silu(mlp("gate_proj", y)) * mlp("up_proj", y)
+        g = silu_mul(mlp("gate_proj", y), mlp("up_proj", y), backend=be)
         return LayerOutput(h + mlp("down_proj", g), k, v, scores)
 
     def forward(
@@ -168,10 +175,10 @@ class FastDecoderLayer(nn.Module):
 
     def decode(self, x: torch.Tensor, pos: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One step: x [B, D] (one new language token per row at positions ``pos`` int64 [B])
-        -> [B, D]; appends the step's k/v to ``cache`` and advances its ``seqlens``."""
+        -> [B, D]; appends the step's k/v to ``cache`` at ``cache.seqlens``, which the caller
+        advances once for all layers (`StaticKVCache.advance`) after the step."""
         out = self._block(
             x, pos, None,
             lambda q, k, v: (decode_attention(q, *cache, k, v, backend=self.attn_backend), None),
         )  # fmt: skip
-        cache.seqlens.add_(1)
         return out.x

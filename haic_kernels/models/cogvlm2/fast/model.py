@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from haic_kernels.ops.norm import rms_norm
 from haic_kernels.pruning import PrunePlan
 
 from ..config import CogVLM2Config
@@ -114,7 +115,8 @@ class FastCogVLM2(VisionStages, nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., D] after the last layer -> fp32 logits [..., V]."""
-        return self.lm_head(self.model.norm(x)).float()
+        norm = self.model.norm
+        return self.lm_head(rms_norm(x, norm.weight, eps=norm.eps, backend=self.backend)).float()
 
     def batch(
         self, input_ids: object, token_type_ids: object, lengths: object = None

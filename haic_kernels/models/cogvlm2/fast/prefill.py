@@ -72,6 +72,14 @@ def _vision_rows(
     return None, None
 
 
+def _fill_vision_rows(x: torch.Tensor, vis: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [T, D] with its vision slots (bool [T], as many as ``rows`` [N, D] has rows) taking the
+    rows in order: a gather by the slots' running count, not boolean-mask indexing, whose
+    output size depends on the data (a host sync on a GPU)."""
+    src = (vis.cumsum(0) - 1).clamp_(min=0)
+    return torch.where(vis[:, None], rows.to(device=x.device, dtype=x.dtype)[src], x)
+
+
 def prefill(
     model: nn.Module,
     batch: TokenBatch,
@@ -91,8 +99,7 @@ def prefill(
     rows, cls = _vision_rows(model, batch, frames, vision_embeds, want_cls, reduction)
     x = model.model.embed_tokens(batch.input_ids)
     if rows is not None:
-        vis = batch.token_type_ids == VISION_TOKEN_TYPE
-        x = x.index_put((vis,), rows.to(device=x.device, dtype=x.dtype))
+        x = _fill_vision_rows(x, batch.token_type_ids == VISION_TOKEN_TYPE, rows)
 
     stages: list[PruneResult] = []
     counts, layout = batch.counts, None

@@ -4,8 +4,9 @@ parameters: state dicts and forward hooks line up). Stages:
     embed_patches       `haic_kernels.patch_embed`: uint8 [N, H, W, 3] frames straight in
                         (normalized in the kernel) or normalized float [N, 3, H, W]
     run_vision_tower    post-norm blocks; attention is `haic_kernels.attention` (full, head dim
-                        112 at full size) on q/k/v views of the fused QKV output; LayerNorms,
-                        GELU MLP and projections stay torch (cuBLAS)
+                        112 at full size) on q/k/v views of the fused QKV output; each
+                        ``x + LN(f(x))`` is one `add_layer_norm` pass, fc1's bias joins the
+                        exact GELU (`bias_gelu`); the projections stay torch (cuBLAS)
     compress_and_adapt  `haic_kernels.conv_compress` (2x2/2 conv as an implicit GEMM), the GLU
                         adapter (torch), then [boi, tokens, eoi]
 """
@@ -15,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from haic_kernels.ops.activation import bias_gelu
 from haic_kernels.ops.conv_compress import conv_compress
+from haic_kernels.ops.norm import add_layer_norm
 from haic_kernels.ops.patch_embed import patch_embed
 from haic_kernels.pruning import VisionReduction, pool_cls_attention
 from haic_kernels.pruning.vision import cu_frames_of
@@ -31,15 +35,28 @@ __all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
 
 class FastVisionLayer(nn.Module):
     """Post-norm block ``h = x + LN1(attn(x))``, ``y = h + LN2(fc2(gelu(fc1(h))))`` on the
-    reference block's modules."""
+    reference block's modules. ``backend`` goes to attention, ``op_backend`` (default
+    ``backend``) to the fused norm and activation ops."""
 
-    def __init__(self, ref: nn.Module, backend: str) -> None:
+    def __init__(self, ref: nn.Module, backend: str, op_backend: str | None = None) -> None:
         super().__init__()
         self.input_layernorm = ref.input_layernorm
         self.attention = ref.attention
         self.mlp = ref.mlp
         self.post_attention_layernorm = ref.post_attention_layernorm
         self.backend = backend
+        self.op_backend = backend if op_backend is None else op_backend
+
+    def _post_norm(self, out: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm):
+        """``residual + norm(out)``, the norm rounded first as the reference's: one pass."""
+        return add_layer_norm(out, residual, norm.weight, norm.bias, eps=norm.eps,
+                              backend=self.op_backend)  # fmt: skip
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """``fc2(gelu(fc1(h)))``: fc1 without its bias (cuBLAS), the bias added inside the one
+        elementwise pass the exact GELU needs anyway (`bias_gelu`)."""
+        fc1 = self.mlp.fc1
+        return self.mlp.fc2(bias_gelu(F.linear(h, fc1.weight), fc1.bias, backend=self.op_backend))
 
     def forward(
         self, x: torch.Tensor, cls_scores: bool = False
@@ -67,12 +84,12 @@ class FastVisionLayer(nn.Module):
         qkv = a.query_key_value(x).view(*lead, 3, a.num_heads, a.head_dim)
         q, k, v = qkv.unbind(-3)  # strided views: the kernels take strides
         ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend, **attn)
-        h = x + self.input_layernorm(a.dense(ctx.reshape(*lead, -1)))
+        h = self._post_norm(a.dense(ctx.reshape(*lead, -1)), x, self.input_layernorm)
         return h, k, scores
 
     def mlp_residual(self, h: torch.Tensor) -> torch.Tensor:
         """``y = h + LN2(fc2(gelu(fc1(h))))``, any leading shape."""
-        return h + self.post_attention_layernorm(self.mlp(h))
+        return self._post_norm(self._mlp(h), h, self.post_attention_layernorm)
 
 
 class _Transformer(nn.Module):
@@ -91,7 +108,7 @@ class FastEVA2CLIPModel(nn.Module):
         # The reference's attribute order, so state_dict() keys come in the same order.
         self.patch_embedding = ref.patch_embedding
         self.transformer = _Transformer(
-            [FastVisionLayer(layer, attn_backend) for layer in ref.transformer.layers]
+            [FastVisionLayer(layer, attn_backend, backend) for layer in ref.transformer.layers]
         )
         self.linear_proj = ref.linear_proj
         self.conv = ref.conv
