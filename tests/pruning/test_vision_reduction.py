@@ -16,7 +16,9 @@ import torch
 from haic_kernels.models.cogvlm2 import FastCogVLM2, pad_prompts
 from haic_kernels.models.cogvlm2.fast.vision_reduce import run_reduced_tower
 from haic_kernels.models.cogvlm2.vision_reduce import reduced_tower_reference
+from haic_kernels.ops.activation import bias_gelu
 from haic_kernels.ops.attention import attention
+from haic_kernels.ops.norm import add_layer_norm
 from haic_kernels.pruning import (
     Compose,
     Salient,
@@ -166,7 +168,8 @@ def test_whole_model_equals_reference(models, tiny_prompts, seed, name):
 @torch.no_grad()
 def test_no_reduction_is_bit_identical(models, tiny_prompts, seed):
     """prune=None and the LM-side policies run the dense tower exactly as before: the same
-    blocks' math (today's `FastVisionLayer` formula, restated here) bit for bit."""
+    blocks' math (today's `FastVisionLayer` formula with its fused ops, restated here) bit for
+    bit."""
     ref, fast = models
     vis = fast.model.vision
     frames = _frames(3, ref.config.vision.image_size, seed)
@@ -177,8 +180,13 @@ def test_no_reduction_is_bit_identical(models, tiny_prompts, seed):
         n, length, _ = want.shape
         q, k, v = a.query_key_value(want).view(n, length, 3, a.num_heads, a.head_dim).unbind(2)
         ctx = attention(q, k, v, causal=False, backend=layer.backend)
-        h = want + layer.input_layernorm(a.dense(ctx.reshape(n, length, -1)))
-        want = h + layer.post_attention_layernorm(layer.mlp(h))
+        ln1, ln2, fc1 = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp.fc1
+        be = layer.op_backend
+        h = add_layer_norm(a.dense(ctx.reshape(n, length, -1)), want, ln1.weight, ln1.bias,
+                           eps=ln1.eps, backend=be)  # fmt: skip
+        mlp = layer.mlp.fc2(bias_gelu(torch.nn.functional.linear(h, fc1.weight), fc1.bias,
+                                      backend=be))  # fmt: skip
+        want = add_layer_norm(mlp, h, ln2.weight, ln2.bias, eps=ln2.eps, backend=be)
     assert torch.equal(vis.run_vision_tower(x), want)
     assert plan_vision(None, 3) is None and plan_vision(Temporal(0.5), 3) is None
     prompts, fr = _batch(fast, tiny_prompts, seed)
