@@ -152,7 +152,7 @@ def _run(
             f"{tuple(position_ids.shape)}"
         )
     check_same_device(**{name: x}, position_ids=position_ids)
-    check_values(position_ids >= 0, "position_ids: expected positions >= 0")
+    check_values(lambda: position_ids >= 0, "position_ids: expected positions >= 0")
     check_no_grad("rope", **{name: x})
     x2 = check_tensor(name, x.reshape(math.prod(lead), x.shape[-1]), layout="rows")
     pos = position_ids.reshape(-1).contiguous()
