@@ -5,7 +5,7 @@ Layer i holds ``k, v [B, T_i + max_new_tokens, Hkv, Dh]`` (row b's prompt keys a
 stage), ``seqlens`` [B] (the rows in the cache: where the step's token goes) and ``visible``
 [B] (``seqlens + 1``: the keys the step's query sees), rows of one int32 ``[2, L, B]`` buffer,
 so that a decode step advances every layer's lengths with one kernel (`advance`) and no layer
-computes an index or a length (`LayerCache.write_index`). The prefill stores
+computes an index or a length. The prefill stores
 each layer as computed (`store`), so the packed prompt keys never exist for all layers at once;
 buffers are reused in place by prompts of the same shape (``same_shape``), so a CUDA graph
 captured on them stays valid.
@@ -27,7 +27,6 @@ class StaticKVCache:
     def __init__(self) -> None:
         self.layers: list[LayerCache] = []
         self.lengths: torch.Tensor | None = None  # int32 [2, L, B]: seqlens, visible per layer
-        self.batch_index: torch.Tensor | None = None  # int64 [B]: 0 .. B-1, the write index
         self.new_tokens = 0
         self.num_layers = 1
         self.same_shape = False
@@ -42,9 +41,9 @@ class StaticKVCache:
             self.lengths.add_(1)
 
     def _lens(self, i: int, batch_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """Layer i's (seqlens, visible, batch index), the buffers (re)made when the batch or
-        the device changed (the layers' caches then point at the new rows, and a captured graph
-        is stale)."""
+        """Layer i's (seqlens, visible), the buffer (re)made when the batch or the device
+        changed (the layers' caches then point at the new rows, and a captured graph is
+        stale)."""
         buf = self.lengths
         if buf is None or buf.shape[2] != batch_size or buf.device != device or buf.shape[1] <= i:
             new = torch.zeros(2, max(i + 1, self.num_layers), batch_size, dtype=torch.int32,
@@ -52,11 +51,10 @@ class StaticKVCache:
             if buf is not None and buf.shape[2] == batch_size and buf.device == device:
                 new[:, : buf.shape[1]] = buf
             self.lengths, self.same_shape = new, False
-            self.batch_index = torch.arange(batch_size, device=device)
-            self.layers = [LayerCache(c.k, c.v, new[0, j], new[1, j], self.batch_index)
+            self.layers = [LayerCache(c.k, c.v, new[0, j], new[1, j])
                            for j, c in enumerate(self.layers)]  # fmt: skip
-        assert self.lengths is not None and self.batch_index is not None
-        return self.lengths[0, i], self.lengths[1, i], self.batch_index
+        assert self.lengths is not None
+        return self.lengths[0, i], self.lengths[1, i]
 
     def store(self, i: int, k: torch.Tensor, v: torch.Tensor, batch: TokenBatch) -> None:
         """Layer i's prompt keys/values, packed [T, Hkv, Dh] in ``batch``'s rows."""

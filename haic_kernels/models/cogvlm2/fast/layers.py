@@ -24,7 +24,7 @@ from haic_kernels.ops.activation import silu_mul
 from haic_kernels.ops.attention import append_and_attend, attention
 from haic_kernels.ops.expert_linear import Routing, expert_linear
 from haic_kernels.ops.norm import add_rms_norm, rms_norm
-from haic_kernels.ops.rope import rope_qkv
+from haic_kernels.ops.rope import rope_qkv, rope_qkv_to_cache
 
 from ..config import CogVLM2Config
 from .batch import TokenBatch
@@ -35,11 +35,12 @@ __all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "Pending", "attend",
 
 class LayerOutput(NamedTuple):
     """``x`` [T, D] (a `Pending` add when the layer defers it); ``k``, ``v`` [T, Hkv, Dh] (k
-    after RoPE); ``scores`` float32 [T] or None."""
+    after RoPE; None in a decode step, which writes them into its cache); ``scores`` float32
+    [T] or None."""
 
     x: torch.Tensor | Pending
-    k: torch.Tensor
-    v: torch.Tensor
+    k: torch.Tensor | None
+    v: torch.Tensor | None
     scores: torch.Tensor | None
 
 
@@ -54,14 +55,13 @@ class Pending(NamedTuple):
 class LayerCache(NamedTuple):
     """``k``, ``v`` [B, capacity, Hkv, Dh]; ``seqlens`` int32 [B]: valid keys per row before the
     step (the row its token is written to), ``visible`` int32 [B]: ``seqlens + 1``, the keys the
-    step's query sees; ``batch`` int64 [B]: 0 .. B-1. Kept up to date by `StaticKVCache`, whose
-    lengths stay in range by construction (capacity = prompt + max_new_tokens)."""
+    step's query sees. Kept up to date by `StaticKVCache`, whose lengths stay in range by
+    construction (capacity = prompt + max_new_tokens)."""
 
     k: torch.Tensor
     v: torch.Tensor
     seqlens: torch.Tensor
     visible: torch.Tensor
-    batch: torch.Tensor
 
 
 def attend(
@@ -89,18 +89,15 @@ def prefill_attention(
                   max_seqlen=batch.max_seqlen, backend=backend)  # fmt: skip
 
 
-def decode_attention(
-    q: torch.Tensor, cache: LayerCache, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto"
-) -> torch.Tensor:
-    """One new token per row: write k/v [B, Hkv, Dh] into the caches [B, capacity, Hkv, Dh] at
-    row ``cache.seqlens``, then attend q [B, Hq, Dh] over each row's ``cache.visible`` keys ->
-    [B, Hq, Dh]: `attention_with_kvcache` after its checks (`append_and_attend`: the cache's
-    lengths are in range by construction, and its index and lengths are made once per step, not
-    per layer), the CUDA split-K decode kernel where chosen; no host read, so CUDA graphs
-    capture it."""
-    out = append_and_attend(q[:, None], cache.k, cache.v, cache.visible,
-                            (cache.batch, cache.seqlens), k, v, scale=q.shape[-1] ** -0.5,
-                            backend=backend)  # fmt: skip
+def decode_attention(q: torch.Tensor, cache: LayerCache, *, backend: str = "auto") -> torch.Tensor:
+    """One new token per row, its k/v already in the caches [B, capacity, Hkv, Dh] at row
+    ``cache.seqlens`` (`rope_qkv_to_cache`): attend q [B, Hq, Dh] over each row's
+    ``cache.visible`` keys -> [B, Hq, Dh]: `attention_with_kvcache` after its checks
+    (`append_and_attend`: the cache's lengths are in range by construction and made once per
+    step, not per layer), the CUDA split-K decode kernel where chosen; no host read, so CUDA
+    graphs capture it."""
+    out = append_and_attend(q[:, None], cache.k, cache.v, cache.visible, None, None, None,
+                            scale=q.shape[-1] ** -0.5, backend=backend)  # fmt: skip
     return out[:, 0]
 
 
@@ -149,11 +146,15 @@ class FastDecoderLayer(nn.Module):
         x: torch.Tensor | Pending,
         pos: torch.Tensor,
         route: Routing | None,
-        attend: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        attend: Callable[
+            ..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+        ],
         defer: bool = False,
     ) -> LayerOutput:
         """The layer's math, once for prefill and decode. ``x``: the hidden states, or a
-        `Pending` residual add (added by this layer's input norm, `add_rms_norm`); ``defer``:
+        `Pending` residual add (added by this layer's input norm, `add_rms_norm`); ``attend``:
+        (qkv [T, W], positions [T]) -> (context [T, Hq, Dh], key scores or None, k, v or None:
+        the keys after RoPE and the values, where they are not written into a cache); ``defer``:
         return the output as a `Pending` add, so the next layer's norm does it (one kernel less
         a layer)."""
         a, lang, vis = self.self_attn, self.mlp.language_mlp, getattr(self.mlp, "vision_mlp", None)
@@ -168,8 +169,7 @@ class FastDecoderLayer(nn.Module):
             xn = rms_norm(x, n1.weight, eps=n1.eps, backend=be)
         qkv = lin(xn, a.language_expert_query_key_value,
                   getattr(a, "vision_expert_query_key_value", None))  # fmt: skip
-        q, k, v = (t[0] for t in rope_qkv(qkv[None], pos[None], backend=be, **self.rope))
-        ctx, scores = attend(q, k, v)
+        ctx, scores, k, v = attend(qkv, pos)
         vis_dense = getattr(a, "vision_expert_dense", None)
         y, h = add_rms_norm(lin(ctx.flatten(1), a.language_expert_dense, vis_dense), x, n2.weight,
                             eps=n2.eps, backend=be)  # fmt: skip
@@ -186,11 +186,13 @@ class FastDecoderLayer(nn.Module):
     ) -> LayerOutput:
         """Prefill: x [T, D] (the batch's packed tokens) -> `LayerOutput`. ``key_scores``
         (bool [T], query rows) also returns the attention's key scores."""
-        return self._block(
-            x, batch.position_ids, batch.routing,
-            lambda q, k, v: prefill_attention(q, k, v, batch, key_scores,
-                                              backend=self.attn_backend),
-        )  # fmt: skip
+
+        def attend(qkv: torch.Tensor, pos: torch.Tensor):
+            q, k, v = rope_qkv(qkv, pos, backend=self.backend, **self.rope)
+            ctx, scores = prefill_attention(q, k, v, batch, key_scores, backend=self.attn_backend)
+            return ctx, scores, k, v
+
+        return self._block(x, batch.position_ids, batch.routing, attend)
 
     def decode(self, x: torch.Tensor | Pending, pos: torch.Tensor, cache: LayerCache) -> Pending:
         """One step: x [B, D] or a `Pending` add (one new language token per row at positions
@@ -198,10 +200,12 @@ class FastDecoderLayer(nn.Module):
         norm, or the final norm, adds it); appends the step's k/v to ``cache`` at
         ``cache.seqlens``, which the caller advances once for all layers
         (`StaticKVCache.advance`) after the step."""
-        out = self._block(
-            x, pos, None,
-            lambda q, k, v: (decode_attention(q, cache, k, v, backend=self.attn_backend), None),
-            defer=True,
-        )  # fmt: skip
+
+        def attend(qkv: torch.Tensor, pos: torch.Tensor):
+            q = rope_qkv_to_cache(qkv, pos, cache.k, cache.v, cache.seqlens, backend=self.backend,
+                                  **self.rope)  # fmt: skip
+            return decode_attention(q, cache, backend=self.attn_backend), None, None, None
+
+        out = self._block(x, pos, None, attend, defer=True)
         assert isinstance(out.x, Pending)
         return out.x
