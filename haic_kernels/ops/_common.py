@@ -364,19 +364,41 @@ def device_checks() -> Iterator[None]:
         _DEVICE_CHECKS.reset(token)
 
 
+_TRUSTED: ContextVar[bool] = ContextVar("haic_trusted_values", default=False)
+
+
+@contextmanager
+def trusted_values() -> Iterator[None]:
+    """Within the block, `check_values` checks nothing. For a loop over inputs it made itself
+    and validated once (the decode step: its positions and cache lengths), which would otherwise
+    launch the same check kernels in every layer. Shape, dtype and device checks still run (they
+    launch nothing). Under torch.compile the checks run anyway (dynamo cannot read the flag)."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
 def eager_values(t: torch.Tensor) -> bool:
     """Whether ``t``'s values are checked now, on the host: CPU tensors outside torch.compile
     and outside `device_checks`."""
     return t.device.type == "cpu" and not torch.compiler.is_compiling() and not _DEVICE_CHECKS.get()
 
 
-def check_values(ok: torch.Tensor, msg: str) -> None:
+def check_values(ok: torch.Tensor | Callable[[], torch.Tensor], msg: str) -> None:
     """Raise ``ValueError(msg)`` unless every element of the bool tensor ``ok`` is True.
 
     CPU: checked now. CUDA (and under torch.compile): an asynchronous device assert, so the
     check never waits for the GPU; the error surfaces at the next synchronization. Meta: no
-    values, nothing to check. ``msg`` must start with the argument's name.
+    values, nothing to check. Within `trusted_values`: nothing. ``ok`` may be a callable making
+    the tensor, so that on a hot path nothing is computed when the values are trusted. ``msg``
+    must start with the argument's name.
     """
+    if not torch.compiler.is_compiling() and _TRUSTED.get():  # dynamo cannot trace a ContextVar
+        return
+    if callable(ok):
+        ok = ok()
     if ok.device.type == "meta" or ok.numel() == 0:
         return
     if eager_values(ok):

@@ -18,6 +18,7 @@ import torch
 
 import haic_kernels as hk
 from haic_kernels import token_prune as tp
+from haic_kernels.ops._common import check_values, trusted_values
 from haic_kernels.ops.attention.reference import attention_reference
 from haic_kernels.ops.attention.triton import attention_triton
 from haic_kernels.ops.token_prune.triton import segment_topk_triton
@@ -318,3 +319,24 @@ def test_all_meta_inputs_propagate_shapes():
     q, cache, new = meta(2, 1, 4, 64), meta(2, 8, 2, 64), meta(2, 1, 2, 64)
     out = hk.attention_with_kvcache(q, cache, cache, meta(2, dtype=i32), k=new, v=new)
     assert out.shape == q.shape and out.device.type == "meta"
+
+
+def test_trusted_values_skips_value_checks_and_their_kernels_only_inside(seed):
+    """The decode loop's `trusted_values`: inside, a value check computes and checks nothing (a
+    callable predicate is not even called); outside, the same check raises naming the argument,
+    and the public ops are checked as ever."""
+    calls = []
+
+    def bad():
+        calls.append(1)
+        return torch.tensor([False])
+
+    with trusted_values():
+        check_values(bad, "x: never checked here")
+        assert calls == []
+    with pytest.raises(ValueError, match=r"^x: checked"):
+        check_values(bad, "x: checked")
+    assert calls == [1]
+    qkv = torch.randn(3, 4 * 8)
+    with pytest.raises(ValueError, match="position_ids"):
+        hk.rope_qkv(qkv, torch.tensor([0, -1, 2]), num_heads=2, num_kv_heads=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from haic_kernels.models.cogvlm2.language import RotaryEmbedding, apply_rotary
-from haic_kernels.ops.rope import api, apply_rope, rope_qkv
+from haic_kernels.ops.rope import api, apply_rope, rope_qkv, rope_qkv_to_cache
 from haic_kernels.testing import assert_parity
 from tests._triton import triton_on_cpu
 
@@ -283,3 +283,63 @@ def test_rope_precision_is_checked():
     x = torch.randn(1, 4, 2, 64)
     with pytest.raises(ValueError, match="rope_precision"):
         apply_rope(x, torch.zeros(1, 4, dtype=torch.long), rope_precision="bf16")
+
+
+# ---- rope_qkv_to_cache: the decode step's RoPE, k and v written into the cache ----------------
+
+
+@pytest.mark.parametrize("release", [False, True], ids=["fp32-angles", "release"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("backend", _backends())
+def test_rope_qkv_to_cache_equals_rope_qkv_then_the_row_writes(seed, poison_outputs, backend,
+                                                                dtype, release):  # fmt: skip
+    b, hq, hkv, d, cap = 3, 4, 2, 64, 9
+    qkv = torch.randn(b, (hq + 2 * hkv) * d).to(dtype)
+    pos = torch.randint(0, 4000, (b,))
+    lens = torch.tensor([0, 5, cap - 1], dtype=torch.int32)
+    # A slice of a larger cache (rows of other sequences around it) filled with random values.
+    big_k, big_v = (torch.randn(b, cap + 3, hkv, d).to(dtype) for _ in range(2))
+    kc, vc = big_k[:, 1 : cap + 1], big_v[:, 1 : cap + 1]
+    want_k, want_v = big_k.clone(), big_v.clone()
+    kw = dict(num_heads=hq, num_kv_heads=hkv, rope_precision="release" if release else "fp32")
+    # The same backend's rope_qkv (itself held against an fp64 oracle above): bit for bit.
+    q_want, k_want, v_want = rope_qkv(qkv, pos, backend=backend, **kw)
+    rows = torch.arange(b)
+    want_k[rows, 1 + lens.long()] = k_want
+    want_v[rows, 1 + lens.long()] = v_want
+    q = rope_qkv_to_cache(qkv, pos, kc, vc, lens, backend=backend, **kw)
+    assert torch.equal(q, q_want)
+    # the rows written hold rope_qkv's values; nothing else in the caches moved
+    assert torch.equal(big_k, want_k) and torch.equal(big_v, want_v)
+
+
+def test_rope_qkv_to_cache_bad_arguments():
+    qkv, pos = torch.randn(2, 4 * 16), torch.zeros(2, dtype=torch.long)
+    kc, vc = torch.zeros(2, 5, 1, 16), torch.zeros(2, 5, 1, 16)
+    lens = torch.tensor([0, 4], dtype=torch.int32)
+    kw = dict(num_heads=2, num_kv_heads=1)
+    cases = {
+        "cache_seqlens": lambda: rope_qkv_to_cache(qkv, pos, kc, vc, torch.tensor(
+            [0, 5], dtype=torch.int32), **kw),
+        "cache_seqlens ": lambda: rope_qkv_to_cache(qkv, pos, kc, vc, lens.long(), **kw),
+        "k_cache": lambda: rope_qkv_to_cache(qkv, pos, kc[:, :, :, :8], vc, lens, **kw),
+        "v_cache": lambda: rope_qkv_to_cache(qkv, pos, kc, vc.transpose(0, 1).contiguous()
+                                             .transpose(0, 1), lens, **kw),
+        "qkv": lambda: rope_qkv_to_cache(qkv[None], pos[None], kc, vc, lens, **kw),
+        "position_ids": lambda: rope_qkv_to_cache(qkv, torch.tensor([0, -3]), kc, vc, lens, **kw),
+    }  # fmt: skip
+    for name, call in cases.items():
+        with pytest.raises((ValueError, TypeError), match=rf"^{name.strip()}"):
+            call()
+    assert not kc.any() and not vc.any()  # nothing written by a refused call
+
+
+def test_rope_to_cache_opcheck(seed):
+    x = torch.randn(3, (4 + 2 * 2) * 16)
+    pos = torch.randint(0, 50, (3,))
+    kc, vc = torch.randn(3, 6, 2, 16), torch.randn(3, 6, 2, 16)
+    lens = torch.tensor([0, 2, 5], dtype=torch.int32)
+    torch.library.opcheck(
+        torch.ops.haic_kernels.rope_to_cache.default,
+        (x, pos, api.inv_freq(THETA, 16), kc, vc, lens, [4, 2, 2], False, False, "torch"),
+    )

@@ -3,6 +3,9 @@ flash-attn's ``flash_attn_with_kvcache``.
 
 The public function: checks, the in-place append of new keys/values, and backend choice; the
 ``haic_kernels::attention_kvcache`` custom op and its dispatch table live in ops.py.
+`append_and_attend` is its body after the checks, for a decode loop that owns its caches: it
+checks the lengths once per step and computes the write rows once for all layers, so a layer's
+call launches the two row writes and the attention kernel, nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from haic_kernels.ops._common import (
 from haic_kernels.ops.attention.api import FAST_HEAD_DIMS, check_qkv, check_scale
 from haic_kernels.ops.attention.ops import KVCACHE
 
-__all__ = ["attention_with_kvcache"]
+__all__ = ["append_and_attend", "attention_with_kvcache"]
 
 
 def attention_with_kvcache(
@@ -83,17 +86,40 @@ def attention_with_kvcache(
         f"cache_seqlens: expected lengths in [0, {s_max - sn}] (S_max={s_max}, {sn} new rows)",
     )
     lens = lens.contiguous()
+    index = None
     if sn:
         # Row index of each new token; clamped so that a length the device assert rejects
         # cannot write outside the cache meanwhile.
         rows = (lens.long()[:, None] + torch.arange(sn, device=q.device)).clamp(0, s_max - 1)
-        batch = torch.arange(b, device=q.device)[:, None].expand(b, sn)
-        k_cache[batch, rows] = k
-        v_cache[batch, rows] = v
+        index = (torch.arange(b, device=q.device)[:, None].expand(b, sn), rows)
         lens = lens + sn
+    return append_and_attend(q, k_cache, v_cache, lens, index, k, v, causal=causal, scale=scale,
+                             backend=backend)  # fmt: skip
+
+
+def append_and_attend(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    visible: torch.Tensor,
+    index: tuple[torch.Tensor, torch.Tensor] | None,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    *,
+    causal: bool = True,
+    scale: float,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """`attention_with_kvcache` after its checks: write ``k``/``v`` [B, Sn, Hkv, D] at
+    ``k_cache[index]`` (``index``: (batch, row) integer tensors broadcasting to [B, Sn], rows in
+    range; None: no append), then attend over ``visible`` (int32 [B], contiguous: valid rows
+    after the append). Nothing is checked here (the caller did, once): the decode loop's call."""
+    if index is not None:
+        k_cache[index] = k
+        v_cache[index] = v
     chosen = KVCACHE.resolve(backend, q.device, unsupported=lambda n: _why(n, q, k_cache, v_cache))
     op = torch.ops.haic_kernels.attention_kvcache
-    return op(q, k_cache, v_cache, lens, causal, scale, chosen)
+    return op(q, k_cache, v_cache, visible, causal, scale, chosen)
 
 
 def _check_writable(**caches: object) -> None:

@@ -394,8 +394,10 @@ def attention_triton(
         ks = (0, k.stride(0), k.stride(1))
         vs = (0, v.stride(0), v.stride(1))
     else:
-        cu_seqlens = torch.zeros(1, dtype=torch.int32, device=dev)  # unused
-        cu_k = seqused_k if seqused_k is not None else cu_seqlens
+        # An int32 pointer the kernel never reads (VARLEN off): no allocation on a decode step.
+        cu_seqlens = seqused_k if seqused_k is not None else torch.zeros(1, dtype=torch.int32,
+                                                                          device=dev)  # fmt: skip
+        cu_k = cu_seqlens
         batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
         max_seqlen, max_seqlen_k = seqlen_q, seqlen_k
         qs = (q.stride(0), q.stride(1), q.stride(2))

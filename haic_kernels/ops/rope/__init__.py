@@ -5,6 +5,6 @@
 (PyTorch) and triton.py, imported only when used.
 """
 
-from haic_kernels.ops.rope.api import apply_rope, rope_qkv
+from haic_kernels.ops.rope.api import apply_rope, rope_qkv, rope_qkv_to_cache
 
-__all__ = ["apply_rope", "rope_qkv"]
+__all__ = ["apply_rope", "rope_qkv", "rope_qkv_to_cache"]

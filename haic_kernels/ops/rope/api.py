@@ -19,9 +19,10 @@ from haic_kernels.ops._common import (
     check_tensor,
     check_values,
 )
-from haic_kernels.ops.rope.ops import DISPATCH
+from haic_kernels.ops.rope.ops import DISPATCH, TO_CACHE
 
-__all__ = ["BACKENDS", "DTYPES", "PRECISIONS", "apply_rope", "inv_freq", "rope_qkv"]
+__all__ = ["BACKENDS", "DTYPES", "PRECISIONS", "apply_rope", "inv_freq", "rope_qkv",
+           "rope_qkv_to_cache"]  # fmt: skip
 
 BACKENDS = ("auto", *DISPATCH.choices)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -89,6 +90,75 @@ def rope_qkv(
     Gradients: none (raises if qkv requires grad).
     """
     check_tensor("qkv", qkv, dims=(2, 3), dtypes=DTYPES, shape_hint="[T, W] or [B, S, W]")
+    hq, hkv, d = _qkv_heads(qkv, num_heads, num_kv_heads)
+    outs = _run(qkv, position_ids, theta, [hq, hkv, hkv], [True, True, False], d, interleaved,
+                rope_precision, backend)  # fmt: skip
+    lead = qkv.shape[:-1]
+    q, k, v = (o.view(*lead, o.shape[1], d) for o in outs)
+    return q, k, v
+
+
+def rope_qkv_to_cache(
+    qkv: torch.Tensor,
+    position_ids: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    theta: float = 500000.0,
+    interleaved: bool = False,
+    rope_precision: str = "fp32",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """`rope_qkv` for one new token per sequence, whose k and v go straight into a KV cache:
+    one kernel where `rope_qkv` and the two row writes of an append are three.
+
+    Args:
+        qkv: ``[B, W]``, one token of each sequence (as in `rope_qkv`); position_ids ``[B]``.
+        k_cache, v_cache: ``[B, S, Hkv, D]`` in qkv's dtype and device, the same strides, each
+            row's ``Hkv * D`` values contiguous (a slice along S of a larger cache is fine).
+        cache_seqlens: int32 ``[B]`` in ``[0, S - 1]``: k and v of sequence b go to row
+            ``cache_seqlens[b]`` (checked like positions; not advanced: the caller's).
+        num_heads, num_kv_heads, theta, interleaved, rope_precision, backend: as `rope_qkv`.
+
+    Returns:
+        ``q [B, Hq, D]`` contiguous; the caches hold the rotated k and the v of each token, the
+        values `rope_qkv` returns, bit for bit.
+    """
+    check_tensor("qkv", qkv, dims=2, dtypes=DTYPES, shape_hint="[B, W]")
+    hq, hkv, d = _qkv_heads(qkv, num_heads, num_kv_heads)
+    b = qkv.shape[0]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, dims=4, dtypes=(qkv.dtype,), shape_hint="[B, S, Hkv, D]")
+        if t.shape[0] != b or t.shape[2:] != (hkv, d) or t.shape[1] == 0:
+            raise ValueError(f"{name}: expected [B, S, Hkv, D] = [{b}, S >= 1, {hkv}, {d}], got "
+                             f"{tuple(t.shape)}")  # fmt: skip
+        if t.stride(3) != 1 or t.stride(2) != d:
+            raise ValueError(f"{name}: each row's heads must be contiguous (strides [.., {d}, 1]), "
+                             f"got strides {tuple(t.stride())}")  # fmt: skip
+    if v_cache.stride() != k_cache.stride():
+        raise ValueError(f"v_cache: expected the strides of k_cache {tuple(k_cache.stride())}, got "
+                         f"{tuple(v_cache.stride())}")  # fmt: skip
+    lens = check_tensor("cache_seqlens", cache_seqlens, dims=1, dtypes=(torch.int32,))
+    if lens.shape[0] != b:
+        raise ValueError(f"cache_seqlens: expected shape ({b},), got {tuple(lens.shape)}")
+    check_same_device(qkv=qkv, k_cache=k_cache, v_cache=v_cache, cache_seqlens=lens)
+    check_no_grad("rope_qkv_to_cache", k_cache=k_cache, v_cache=v_cache)
+    s_max = k_cache.shape[1]
+    check_values(lambda: (lens >= 0) & (lens < s_max),
+                 f"cache_seqlens: expected rows in [0, {s_max - 1}]")  # fmt: skip
+    x2, pos, freqs, release, _ = _prepare(qkv, position_ids, theta, d, interleaved,
+                                          rope_precision, "qkv")  # fmt: skip
+    chosen = TO_CACHE.resolve(backend, qkv.device)
+    return torch.ops.haic_kernels.rope_to_cache(x2, pos, freqs, k_cache, v_cache,
+                                                lens.contiguous(), [hq, hkv, hkv], interleaved,
+                                                release, chosen)  # fmt: skip
+
+
+def _qkv_heads(qkv: torch.Tensor, num_heads: object, num_kv_heads: object) -> tuple[int, ...]:
+    """(Hq, Hkv, D) of a fused QKV row."""
     hq = check_int("num_heads", num_heads)
     hkv = check_int("num_kv_heads", num_kv_heads)
     width = qkv.shape[-1]
@@ -97,12 +167,7 @@ def rope_qkv(
             f"qkv: last dim {width} is not a multiple of num_heads + 2 * num_kv_heads = "
             f"{hq + 2 * hkv}"
         )
-    d = width // (hq + 2 * hkv)
-    outs = _run(qkv, position_ids, theta, [hq, hkv, hkv], [True, True, False], d, interleaved,
-                rope_precision, backend)  # fmt: skip
-    lead = qkv.shape[:-1]
-    q, k, v = (o.view(*lead, o.shape[1], d) for o in outs)
-    return q, k, v
+    return hq, hkv, width // (hq + 2 * hkv)
 
 
 def apply_rope(
@@ -138,6 +203,23 @@ def _run(
     backend: str,
 ) -> list[torch.Tensor]:
     name = "qkv" if len(heads) == 3 else "x"  # the caller's argument: rope_qkv's 3 groups, or x
+    x2, pos, freqs, release, dev = _prepare(x, position_ids, theta, d, interleaved,
+                                            rope_precision, name)  # fmt: skip
+    chosen = DISPATCH.resolve(backend, dev)
+    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, release, chosen)
+
+
+def _prepare(
+    x: torch.Tensor,
+    position_ids: torch.Tensor,
+    theta: float,
+    d: int,
+    interleaved: bool,
+    rope_precision: str,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.device]:
+    """The checks and kernel arguments both ops share: (x as rows, positions [T], the
+    frequencies, release rounding, device)."""
     if d % 2 or d == 0:
         raise ValueError(f"{name}: expected an even head dim >= 2, got {d}")
     theta = check_float("theta", theta, positive=True)
@@ -152,11 +234,10 @@ def _run(
             f"{tuple(position_ids.shape)}"
         )
     check_same_device(**{name: x}, position_ids=position_ids)
-    check_values(position_ids >= 0, "position_ids: expected positions >= 0")
+    check_values(lambda: position_ids >= 0, "position_ids: expected positions >= 0")
     check_no_grad("rope", **{name: x})
     x2 = check_tensor(name, x.reshape(math.prod(lead), x.shape[-1]), layout="rows")
     pos = position_ids.reshape(-1).contiguous()
-    chosen = DISPATCH.resolve(backend, x.device)
     # In fp32 the release's rounding is the identity: one kernel variant less to run.
     release = rope_precision == "release" and x.dtype != torch.float32
     freq_dtype = x.dtype if release else torch.float32
@@ -164,4 +245,4 @@ def _run(
     if -(d - 2) / d * math.log(theta) >= math.log(torch.finfo(freq_dtype).max):
         raise ValueError(f"theta: {theta!r} gives non-finite frequencies 1/theta^(2i/D)")
     freqs = inv_freq(theta, d, x.device, freq_dtype)
-    return torch.ops.haic_kernels.rope(x2, pos, freqs, heads, rotate, interleaved, release, chosen)
+    return x2, pos, freqs, release, x.device

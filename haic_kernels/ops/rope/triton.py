@@ -71,6 +71,10 @@ def _rope_fwd_kernel(
     h0,
     h1,
     h2,
+    lens_ptr,
+    stride_cb,
+    stride_cs,
+    cache_rows,
     HALF: tl.constexpr,
     HALF_P2: tl.constexpr,
     H_P2: tl.constexpr,
@@ -80,6 +84,7 @@ def _rope_fwd_kernel(
     ROUND: tl.constexpr,  # round cos/sin to x's dtype first, as the model's rotary module does
     INTERLEAVED: tl.constexpr,
     RELEASE: tl.constexpr,  # round pos and pos * inv_freq to x's dtype (the release's bf16 angles)
+    TO_CACHE: tl.constexpr = False,  # groups 1, 2 go to row lens[t] of sequence t of a KV cache
 ):
     t = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -100,14 +105,21 @@ def _rope_fwd_kernel(
         sin = sin.to(x_ptr.dtype.element_ty).to(tl.float32)
     d = 2 * HALF
     row = x_ptr + t * stride_x
+    off1 = t * h1 * d
+    off2 = t * h2 * d
+    if TO_CACHE:
+        # Clamped: a length the (asynchronous) device assert rejects cannot write outside.
+        r = tl.minimum(tl.maximum(tl.load(lens_ptr + t).to(tl.int64), 0), cache_rows - 1)
+        off1 = t * stride_cb + r * stride_cs
+        off2 = off1
     if g == 0:
         _rope_group(row, out0_ptr + t * h0 * d, h0, cos, sin, HALF, HALF_P2, H_P2, ROT0,
                     INTERLEAVED)  # fmt: skip
     elif g == 1:
-        _rope_group(row + h0 * d, out1_ptr + t * h1 * d, h1, cos, sin, HALF, HALF_P2, H_P2, ROT1,
+        _rope_group(row + h0 * d, out1_ptr + off1, h1, cos, sin, HALF, HALF_P2, H_P2, ROT1,
                     INTERLEAVED)  # fmt: skip
     else:
-        _rope_group(row + (h0 + h1) * d, out2_ptr + t * h2 * d, h2, cos, sin, HALF, HALF_P2,
+        _rope_group(row + (h0 + h1) * d, out2_ptr + off2, h2, cos, sin, HALF, HALF_P2,
                     H_P2, ROT2, INTERLEAVED)  # fmt: skip
 
 
@@ -119,17 +131,25 @@ def rope_triton(
     rotate: list[bool],
     interleaved: bool,
     release: bool = False,
+    cache_seqlens: torch.Tensor | None = None,
 ) -> None:
     """Write the 1-3 head groups of ``x`` [T, sum(h) * D] (unit last stride) into ``outs``
     ([T, h_g, D] contiguous each), rotated where ``rotate[g]``. position_ids int [T],
     inv_freq fp32 [D/2] contiguous (the caller validates). ``release``: positions and angles
-    rounded to x's dtype (x not fp32)."""
+    rounded to x's dtype (x not fp32). ``cache_seqlens`` (int32 [T]): ``outs[1:]`` are KV caches
+    [T, S, h, D] (same strides, each row's heads contiguous), written at row
+    ``cache_seqlens[t]`` of sequence t."""
     t = x.shape[0]
     groups = len(outs)
     if t == 0 or groups == 0:
         return
     half = inv_freq.shape[0]
-    heads = [o.shape[1] for o in outs] + [0] * (3 - groups)
+    to_cache = cache_seqlens is not None
+    heads = [o.shape[-2] for o in outs] + [0] * (3 - groups)
+    cache = outs[1] if to_cache else x
+    lens = cache_seqlens if to_cache else position_ids
+    cache_args = (lens, cache.stride(0), cache.stride(1), cache.shape[1]) if to_cache else (
+        lens, 0, 0, 1)  # fmt: skip
     ptrs = list(outs) + [outs[0]] * (3 - groups)
     rot = list(rotate) + [False] * (3 - groups)
     _rope_fwd_kernel[(t, groups)](
@@ -139,6 +159,7 @@ def rope_triton(
         *ptrs,
         x.stride(0),
         *heads,
+        *cache_args,
         HALF=half,
         HALF_P2=triton.next_power_of_2(half),
         H_P2=triton.next_power_of_2(max(heads)),
@@ -148,6 +169,7 @@ def rope_triton(
         ROUND=x.dtype != torch.float32,
         INTERLEAVED=interleaved,
         RELEASE=release,
+        TO_CACHE=to_cache,
         num_warps=_NUM_WARPS,
     )
 
@@ -159,9 +181,11 @@ AOT_CASES = [
     dict(
         kernel="_rope_fwd_kernel", variant=f"{name},interleaved={inter},release={release}",
         args=dict(x_ptr=dt, pos_ptr=torch.int64, inv_freq_ptr=torch.float32, out0_ptr=dt,
-                  out1_ptr=dt, out2_ptr=dt, stride_x=6144, h0=32, h1=8, h2=8, HALF=64,
+                  out1_ptr=dt, out2_ptr=dt, stride_x=6144, h0=32, h1=8, h2=8,
+                  lens_ptr=torch.int64, stride_cb=0, stride_cs=0, cache_rows=1, HALF=64,
                   HALF_P2=64, H_P2=32, ROT0=True, ROT1=True, ROT2=False,
-                  ROUND=dt != torch.float32, INTERLEAVED=inter, RELEASE=release),
+                  ROUND=dt != torch.float32, INTERLEAVED=inter, RELEASE=release,
+                  TO_CACHE=False),
         warps=_NUM_WARPS, quick=not inter or dt == torch.bfloat16,
         hot=dt == torch.bfloat16 and not inter,
     )
@@ -169,4 +193,16 @@ AOT_CASES = [
     for inter in (False, True)
     # rope_precision="release" (low-precision angles) is the model's rotate-half path
     for release in ((False, True) if dt != torch.float32 and not inter else (False,))
+] + [
+    # The decode step: one token per sequence, k and v into the caches [B, 1688, 8, 128].
+    dict(
+        kernel="_rope_fwd_kernel", variant="bf16,to cache,release=True",
+        args=dict(x_ptr=torch.bfloat16, pos_ptr=torch.int64, inv_freq_ptr=torch.bfloat16,
+                  out0_ptr=torch.bfloat16, out1_ptr=torch.bfloat16, out2_ptr=torch.bfloat16,
+                  stride_x=6144, h0=32, h1=8, h2=8, lens_ptr=torch.int32,
+                  stride_cb=1688 * 1024, stride_cs=1024, cache_rows=1688, HALF=64, HALF_P2=64,
+                  H_P2=32, ROT0=True, ROT1=True, ROT2=False, ROUND=True, INTERLEAVED=False,
+                  RELEASE=True, TO_CACHE=True),
+        warps=_NUM_WARPS, hot=True,
+    ),
 ]  # fmt: skip

@@ -83,7 +83,9 @@ def _run_fast(layer, cfg, rows, xs, steps):
         pos = batch.position_ids[batch.last_index] + 1
         steps_out = []
         for i in range(steps):
-            steps_out.append(layer.decode(torch.stack([s[i] for s in xs[1]]), pos, cache.layers[0]))
+            # decode leaves the residual add to the next norm (`Pending`): done here as it would
+            o = layer.decode(torch.stack([s[i] for s in xs[1]]), pos, cache.layers[0])
+            steps_out.append(o.residual + o.out)
             cache.advance()
             pos = pos + 1
     outs = []

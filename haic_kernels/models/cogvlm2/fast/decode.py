@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from haic_kernels.ops._common import check_int
+from haic_kernels.ops._common import check_int, trusted_values
 
 from ..generate import check_context, check_max_new_tokens
 from .batch import TokenBatch
@@ -52,8 +52,11 @@ class DecodeState:
     def step(self, model: nn.Module) -> None:
         """One token per row on the static buffers (what a graph captures)."""
         x = model.model.embed_tokens(self.tok)
-        for layer, kv in zip(model.model.layers, self.cache.layers):
-            x = layer.decode(x, self.pos, kv)
+        # Positions and cache lengths are this loop's own (the prefill's, + 1 a step, within the
+        # capacity `check_context` allowed): no layer re-checks their values.
+        with trusted_values():
+            for layer, kv in zip(model.model.layers, self.cache.layers):
+                x = layer.decode(x, self.pos, kv)
         self.cache.advance()
         self.logits = model.logits(x)
         self.pos.add_(1)

@@ -8,7 +8,7 @@ parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(r
 the video model, and decode tokens, which are language tokens: plain ``F.linear``, cuBLAS),
 `rope_qkv` (split + RoPE + flash layout in one pass), and
 `attend` / `decode_attention`: the only places that call `attention` and
-`attention_with_kvcache` (the decode kernel's public op).
+`attention_with_kvcache`'s body (`append_and_attend`, the decode kernel's op).
 """
 
 from __future__ import annotations
@@ -21,33 +21,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from haic_kernels.ops.activation import silu_mul
-from haic_kernels.ops.attention import attention, attention_with_kvcache
+from haic_kernels.ops.attention import append_and_attend, attention
 from haic_kernels.ops.expert_linear import Routing, expert_linear
 from haic_kernels.ops.norm import add_rms_norm, rms_norm
-from haic_kernels.ops.rope import rope_qkv
+from haic_kernels.ops.rope import rope_qkv, rope_qkv_to_cache
 
 from ..config import CogVLM2Config
 from .batch import TokenBatch
 
-__all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "attend", "decode_attention",
-           "prefill_attention"]  # fmt: skip
+__all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "Pending", "attend",
+           "decode_attention", "prefill_attention"]  # fmt: skip
 
 
 class LayerOutput(NamedTuple):
-    """``x`` [T, D]; ``k``, ``v`` [T, Hkv, Dh] (k after RoPE); ``scores`` float32 [T] or None."""
+    """``x`` [T, D] (a `Pending` add when the layer defers it); ``k``, ``v`` [T, Hkv, Dh] (k
+    after RoPE; None in a decode step, which writes them into its cache); ``scores`` float32
+    [T] or None."""
 
-    x: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    x: torch.Tensor | Pending
+    k: torch.Tensor | None
+    v: torch.Tensor | None
     scores: torch.Tensor | None
 
 
+class Pending(NamedTuple):
+    """A residual add not done yet: the hidden states are ``residual + out`` (both [.., D]),
+    added inside the next RMSNorm (`add_rms_norm`) with the reference's rounding."""
+
+    out: torch.Tensor
+    residual: torch.Tensor
+
+
 class LayerCache(NamedTuple):
-    """``k``, ``v`` [B, capacity, Hkv, Dh]; ``seqlens`` int32 [B]: valid keys per row."""
+    """``k``, ``v`` [B, capacity, Hkv, Dh]; ``seqlens`` int32 [B]: valid keys per row before the
+    step (the row its token is written to), ``visible`` int32 [B]: ``seqlens + 1``, the keys the
+    step's query sees. Kept up to date by `StaticKVCache`, whose lengths stay in range by
+    construction (capacity = prompt + max_new_tokens)."""
 
     k: torch.Tensor
     v: torch.Tensor
     seqlens: torch.Tensor
+    visible: torch.Tensor
 
 
 def attend(
@@ -75,22 +89,15 @@ def prefill_attention(
                   max_seqlen=batch.max_seqlen, backend=backend)  # fmt: skip
 
 
-def decode_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_seqlens: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """One new token per row: write k/v [B, Hkv, Dh] into the caches [B, capacity, Hkv, Dh] at
-    ``cache_seqlens`` (int32 [B], not changed), then attend q [B, Hq, Dh] over each row's
-    ``cache_seqlens + 1`` keys -> [B, Hq, Dh]: `haic_kernels.attention_with_kvcache` (the CUDA
-    split-K decode kernel where chosen; no host read either way, so CUDA graphs capture it)."""
-    out = attention_with_kvcache(q[:, None], k_cache, v_cache, cache_seqlens, k=k[:, None],
-                                 v=v[:, None], backend=backend)  # fmt: skip
+def decode_attention(q: torch.Tensor, cache: LayerCache, *, backend: str = "auto") -> torch.Tensor:
+    """One new token per row, its k/v already in the caches [B, capacity, Hkv, Dh] at row
+    ``cache.seqlens`` (`rope_qkv_to_cache`): attend q [B, Hq, Dh] over each row's
+    ``cache.visible`` keys -> [B, Hq, Dh]: `attention_with_kvcache` after its checks
+    (`append_and_attend`: the cache's lengths are in range by construction and made once per
+    step, not per layer), the CUDA split-K decode kernel where chosen; no host read, so CUDA
+    graphs capture it."""
+    out = append_and_attend(q[:, None], cache.k, cache.v, cache.visible, None, None, None,
+                            scale=q.shape[-1] ** -0.5, backend=backend)  # fmt: skip
     return out[:, 0]
 
 
@@ -136,22 +143,33 @@ class FastDecoderLayer(nn.Module):
 
     def _block(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | Pending,
         pos: torch.Tensor,
         route: Routing | None,
-        attend: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        attend: Callable[
+            ..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+        ],
+        defer: bool = False,
     ) -> LayerOutput:
+        """The layer's math, once for prefill and decode. ``x``: the hidden states, or a
+        `Pending` residual add (added by this layer's input norm, `add_rms_norm`); ``attend``:
+        (qkv [T, W], positions [T]) -> (context [T, Hq, Dh], key scores or None, k, v or None:
+        the keys after RoPE and the values, where they are not written into a cache); ``defer``:
+        return the output as a `Pending` add, so the next layer's norm does it (one kernel less
+        a layer)."""
         a, lang, vis = self.self_attn, self.mlp.language_mlp, getattr(self.mlp, "vision_mlp", None)
 
         def lin(inp: torch.Tensor, language: nn.Linear, vision: nn.Linear | None):
             return _linear(inp, language, vision, route, self.backend)
 
         n1, n2, be = self.input_layernorm, self.post_attention_layernorm, self.backend
-        qkv = lin(rms_norm(x, n1.weight, eps=n1.eps, backend=be),
-                  a.language_expert_query_key_value,
+        if isinstance(x, Pending):
+            xn, x = add_rms_norm(x.out, x.residual, n1.weight, eps=n1.eps, backend=be)
+        else:
+            xn = rms_norm(x, n1.weight, eps=n1.eps, backend=be)
+        qkv = lin(xn, a.language_expert_query_key_value,
                   getattr(a, "vision_expert_query_key_value", None))  # fmt: skip
-        q, k, v = (t[0] for t in rope_qkv(qkv[None], pos[None], backend=be, **self.rope))
-        ctx, scores = attend(q, k, v)
+        ctx, scores, k, v = attend(qkv, pos)
         vis_dense = getattr(a, "vision_expert_dense", None)
         y, h = add_rms_norm(lin(ctx.flatten(1), a.language_expert_dense, vis_dense), x, n2.weight,
                             eps=n2.eps, backend=be)  # fmt: skip
@@ -160,25 +178,34 @@ class FastDecoderLayer(nn.Module):
             return lin(inp, getattr(lang, name), None if vis is None else getattr(vis, name))
 
         g = silu_mul(mlp("gate_proj", y), mlp("up_proj", y), backend=be)
-        return LayerOutput(h + mlp("down_proj", g), k, v, scores)
+        out = mlp("down_proj", g)
+        return LayerOutput(Pending(out, h) if defer else h + out, k, v, scores)
 
     def forward(
         self, x: torch.Tensor, batch: TokenBatch, key_scores: torch.Tensor | None = None
     ) -> LayerOutput:
         """Prefill: x [T, D] (the batch's packed tokens) -> `LayerOutput`. ``key_scores``
         (bool [T], query rows) also returns the attention's key scores."""
-        return self._block(
-            x, batch.position_ids, batch.routing,
-            lambda q, k, v: prefill_attention(q, k, v, batch, key_scores,
-                                              backend=self.attn_backend),
-        )  # fmt: skip
 
-    def decode(self, x: torch.Tensor, pos: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """One step: x [B, D] (one new language token per row at positions ``pos`` int64 [B])
-        -> [B, D]; appends the step's k/v to ``cache`` at ``cache.seqlens``, which the caller
-        advances once for all layers (`StaticKVCache.advance`) after the step."""
-        out = self._block(
-            x, pos, None,
-            lambda q, k, v: (decode_attention(q, *cache, k, v, backend=self.attn_backend), None),
-        )  # fmt: skip
+        def attend(qkv: torch.Tensor, pos: torch.Tensor):
+            q, k, v = rope_qkv(qkv, pos, backend=self.backend, **self.rope)
+            ctx, scores = prefill_attention(q, k, v, batch, key_scores, backend=self.attn_backend)
+            return ctx, scores, k, v
+
+        return self._block(x, batch.position_ids, batch.routing, attend)
+
+    def decode(self, x: torch.Tensor | Pending, pos: torch.Tensor, cache: LayerCache) -> Pending:
+        """One step: x [B, D] or a `Pending` add (one new language token per row at positions
+        ``pos`` int64 [B]) -> the output as a `Pending` add, [B, D] each (the next layer's input
+        norm, or the final norm, adds it); appends the step's k/v to ``cache`` at
+        ``cache.seqlens``, which the caller advances once for all layers
+        (`StaticKVCache.advance`) after the step."""
+
+        def attend(qkv: torch.Tensor, pos: torch.Tensor):
+            q = rope_qkv_to_cache(qkv, pos, cache.k, cache.v, cache.seqlens, backend=self.backend,
+                                  **self.rope)  # fmt: skip
+            return decode_attention(q, cache, backend=self.attn_backend), None, None, None
+
+        out = self._block(x, pos, None, attend, defer=True)
+        assert isinstance(out.x, Pending)
         return out.x

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from haic_kernels.ops.norm import rms_norm
+from haic_kernels.ops.norm import add_rms_norm, rms_norm
 from haic_kernels.pruning import PrunePlan
 
 from ..config import CogVLM2Config
@@ -23,7 +23,7 @@ from ..reference import CogVLM2ForCausalLM, VisionStages
 from ..weights import load_pretrained
 from .batch import TokenBatch
 from .decode import DecodeState, Sampler, generate, steps
-from .layers import FastDecoderLayer
+from .layers import FastDecoderLayer, Pending
 from .prefill import prefill
 from .vision import FastEVA2CLIPModel
 
@@ -113,10 +113,15 @@ class FastCogVLM2(VisionStages, nn.Module):
         ref = load_pretrained(path, dtype=dtype, device=device, config=config)
         return cls.from_reference(ref, backend=backend, attn_backend=attn_backend).eval()
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Hidden states [..., D] after the last layer -> fp32 logits [..., V]."""
-        norm = self.model.norm
-        return self.lm_head(rms_norm(x, norm.weight, eps=norm.eps, backend=self.backend)).float()
+    def logits(self, x: torch.Tensor | Pending) -> torch.Tensor:
+        """Hidden states [..., D] after the last layer (or its `Pending` residual add, which
+        the final norm does) -> fp32 logits [..., V]."""
+        norm, be = self.model.norm, self.backend
+        if isinstance(x, Pending):
+            y, _ = add_rms_norm(x.out, x.residual, norm.weight, eps=norm.eps, backend=be)
+        else:
+            y = rms_norm(x, norm.weight, eps=norm.eps, backend=be)
+        return self.lm_head(y).float()
 
     def batch(
         self, input_ids: object, token_type_ids: object, lengths: object = None
