@@ -153,7 +153,7 @@ def test_parity_precision_fp8_reports_each_stage_and_fails_only_past_the_bound(
     monkeypatch, capsys
 ) -> None:
     """--precision fp8: per-stage relative errors and token agreement, exit 0 on the expected
-    quantization error, 1 when the logit error passes the bound (here: a bound of 1e-9)."""
+    quantization error, 1 on non-finite output or a logit error past the bound."""
     argv = ["parity", "--config", "tiny", "--variant", "image", "--device", "cpu", "--prompts",
             "1", "--max-new-tokens", "2", "--no-video", "--precision", "fp8"]  # fmt: skip
     with pytest.warns(UserWarning, match="emulated"):
@@ -170,10 +170,14 @@ def test_parity_precision_fp8_reports_each_stage_and_fails_only_past_the_bound(
     assert set(errors) == {"vision tower", "adapter", "logits"}, out
     assert all(1e-3 < e < 0.5 for e in errors.values()), out  # quantized, not broken
     assert "agree on the first" in out and "haic parity: all runs pass" in out
-    monkeypatch.setattr(fp8_parity, "fp8_logit_bound", lambda config: 1e-9)
-    with pytest.warns(UserWarning, match="emulated"):
-        rc = cli.main(argv)
+    # The exit status follows the result: non-finite output or a logit error past the bound.
+    stages = [fp8_parity.PrecisionStage("vision tower", "m", 0.1, finite=False),
+              fp8_parity.PrecisionStage("logits", "logits", 0.4)]  # fmt: skip
+    bad = fp8_parity.PrecisionResult("tiny", "float32", "cpu", "fp8", "emulated", 0.3,
+                                     stages=stages)  # fmt: skip
+    assert bad.failed == ["vision tower: non-finite", "logits: relative error 0.4 > bound 0.3"]
+    monkeypatch.setattr(parity_command, "compare_precision", lambda *a, **k: bad)
+    rc = cli.main(argv)
     out = capsys.readouterr().out
-    assert rc == 1 and "logits: relative error" in out and "haic parity: FAIL" in out, out
-    rc = cli.main([*argv, "--reduce", "merge:1"])
-    assert rc == 2
+    assert rc == 1 and "NON-FINITE" in out and "haic parity: FAIL" in out, out
+    assert cli.main([*argv, "--reduce", "merge:1"]) == 2
