@@ -25,6 +25,7 @@ RANKS = {
     "haic_kernels.backends": 1,
     "haic_kernels.ops": 2,
     "haic_kernels.testing": 2,  # the package and the rule: torch only (op tests, bench suites)
+    "haic_kernels.testing.fp8_parity": 6,
     "haic_kernels.testing.model_parity": 6,
     "haic_kernels.testing.prune_scores": 6,
     "haic_kernels.testing.reduction_report": 6,

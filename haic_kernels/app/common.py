@@ -2,12 +2,13 @@
 
 `add_model_arguments` adds the shared options (``--config``, ``--variant``, ``--checkpoint``,
 ``--template``, ``--preprocess``, ``--max-new-tokens``, ``--seed``, ``--device``, ``--dtype``,
-``--model``, ``--backend``); `prepare` turns them into a `Setup` in the order that lets a user
-error surface before anything expensive: the options, the device, the config (a preset or the
-checkpoint's ``config.json``), the tokenizer (checked against the config, reading no weight),
-the template (and with it the frame sampling); the model is built last (`build_model`,
-`select_model`: the fast model on a GPU, the reference on the CPU). Problems a user can fix
-raise `errors.CommandError`: one line naming the option or file, the documented exit status.
+``--model``, ``--backend``, ``--precision``); `prepare` turns them into a `Setup` in the order
+that lets a user error surface before anything expensive: the options, the device, the config
+(a preset or the checkpoint's ``config.json``), the tokenizer (checked against the config,
+reading no weight), the template (and with it the frame sampling); the model is built last
+(`build_model`, `select_model`: the fast model on a GPU or with ``--precision fp8``, the
+reference on the CPU). Problems a user can fix raise `errors.CommandError`: one line naming
+the option or file, the documented exit status.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ..models.cogvlm2.checkpoint_layout import (
     check_device,
     resolve_checkpoint,
 )
-from ..models.cogvlm2.fast.model import BACKENDS
+from ..models.cogvlm2.fast.model import BACKENDS, PRECISIONS
 from ..models.cogvlm2.generate import check_context
 from ..models.cogvlm2.hf_config import read_config_dir, read_json
 from ..models.cogvlm2.tokenizer import load_tokenizer as load_checkpoint_tokenizer
@@ -200,6 +201,11 @@ def add_model_arguments(p: argparse.ArgumentParser, *, model_help: str) -> None:
     g.add_argument(
         "--backend", default="auto", choices=BACKENDS, help="kernel backend of the fast model"
     )
+    g.add_argument(
+        "--precision", default="native", choices=PRECISIONS,
+        help="fp8: the fast model's block linears in E4M3 (implies the fast model; emulated, "
+        "and said so, without an sm_89+ GPU)",
+    )  # fmt: skip
 
 
 # ---- the steps of `prepare`, each usable alone ------------------------------------------------
@@ -332,17 +338,24 @@ def build_model(
 def select_model(
     args: argparse.Namespace, reference: CogVLM2ForCausalLM, device: torch.device
 ) -> tuple[nn.Module, str]:
-    """(the model to run, "fast" | "reference"): ``--model auto`` is fast on CUDA. Both have
-    the same stage methods, so nothing downstream asks which it got."""
-    choice = args.model
+    """(the model to run, "fast" | "reference" | "fast, precision fp8 (fp8_linear BACKEND)"):
+    ``--model auto`` is fast on CUDA and with ``--precision fp8``. Both models have the same
+    stage methods, so nothing downstream asks which it got."""
+    choice, precision = args.model, getattr(args, "precision", "native")
     if choice == "auto":
-        choice = "fast" if device.type == "cuda" else "reference"
+        choice = "fast" if device.type == "cuda" or precision != "native" else "reference"
     if choice == "reference":
+        if precision != "native":
+            raise usage_error(f"--precision {precision}: an option of the fast model, not of "
+                              "--model reference")  # fmt: skip
         return reference, "reference"
     try:
-        return FastCogVLM2.from_reference(reference, backend=args.backend).eval(), "fast"
+        fast = FastCogVLM2.from_reference(reference, backend=args.backend, precision=precision)
     except (ValueError, RuntimeError) as e:
         raise usage_error(f"--backend {args.backend}: {e}") from None
+    if fast.fp8_backend is None:
+        return fast.eval(), "fast"
+    return fast.eval(), f"fast, precision {precision} (fp8_linear {fast.fp8_backend})"
 
 
 # ---- all of it, in order ----------------------------------------------------------------------

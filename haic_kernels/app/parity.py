@@ -4,6 +4,10 @@ The command only: options, one run per variant of `testing.model_parity.run_pari
 engine: the three models, hooks, the parity rule), the tables, ``--json``. The first prompt
 uses a clip decoded as the demo decodes it (`pipeline.decode_clip`). Exit status: 0 when every
 run passes, 1 when a stage breaks the rule or tokens differ, 2 for a usage error.
+
+``--precision fp8`` runs the fast model in fp8 against the reference in the same dtype instead
+(`testing.fp8_parity`: relative error per stage, token agreement); it fails only on non-finite
+output or a logit error above `fp8_logit_bound`, never on the expected quantization error.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch
 from .. import backends
 from ..models.cogvlm2 import VARIANTS, CogVLM2Config, build_prompt, get_config, stack_prompts
 from ..models.cogvlm2.config import ROPE_PRECISIONS
-from ..models.cogvlm2.fast.model import BACKENDS
+from ..models.cogvlm2.fast.model import BACKENDS, PRECISIONS, FastCogVLM2
 from ..pruning import Compose, StaticPatches, Temporal, TextGuided, VisionMerge
+from ..testing.fp8_parity import compare_precision
 from ..testing.model_parity import build_models, make_inputs, max_clip_frames, run_parity
 from ..testing.parity_report import write_json
 from ..testing.reduction_report import format_reduction, reduction_report
@@ -66,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", default="auto", choices=BACKENDS, help="kernel backend of the fast model"
     )
+    p.add_argument(
+        "--precision", default="native", choices=PRECISIONS,
+        help="fp8: the fast model's block linears in E4M3 against the reference in the same "
+        "dtype (relative error per stage and token agreement; the oracle options are unused)",
+    )  # fmt: skip
     p.add_argument(
         "--prompts", type=positive_int, default=3, help="prompts/videos to compare tokens on"
     )
@@ -144,6 +154,21 @@ def _reduction(args: argparse.Namespace, config, dtype, device, tokenizer, clip)
     print(format_reduction(rows) + "\n")
 
 
+def _precision_run(args: argparse.Namespace, config, dtype, device, tokenizer, clip):
+    """`compare_precision` of the ``--precision`` fast model on the parity inputs."""
+
+    def fast(reference):
+        return FastCogVLM2.from_reference(reference, backend=args.backend,
+                                          precision=args.precision)  # fmt: skip
+
+    models = build_models(config, dtype=dtype, device=device, seed=args.seed,
+                          checkpoint=args.checkpoint, oracle_dtype=dtype,
+                          oracle_device=torch.device("meta"), fast_factory=fast)  # fmt: skip
+    inputs = make_inputs(config, args.prompts, clip=clip, seed=args.seed)
+    return compare_precision(models, config, inputs, tokenizer=tokenizer,
+                             max_new_tokens=args.max_new_tokens)  # fmt: skip
+
+
 def _rope_variants(config: CogVLM2Config, precision: str | None) -> list[CogVLM2Config]:
     """``config`` with each asked ``--rope-precision`` (None: as it is)."""
     if precision is None:
@@ -159,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
     device, dtype = resolve_device_dtype(args)
     check_backend(args)
+    if args.reduce and args.precision != "native":
+        raise usage_error("--reduce: only with --precision native")
     if args.checkpoint is not None:
         if args.variant is not None:
             raise usage_error(f"--variant {args.variant}: --checkpoint's config.json decides")
@@ -181,20 +208,16 @@ def run(args: argparse.Namespace) -> int:
             if video is not None:
                 frames, _ = decode_clip(video, config, max_frames=max_clip_frames(config))
                 clip = (frames, video.name)
-            result = run_parity(
-                config,
-                dtype=dtype,
-                device=device,
-                num_prompts=args.prompts,
-                clip=clip,
-                seed=args.seed,
-                checkpoint=args.checkpoint,
-                backend=args.backend,
-                max_new_tokens=args.max_new_tokens,
-                oracle_dtype=getattr(torch, args.oracle_dtype),
-                oracle_device=args.oracle_device,
-                tokenizer=tokenizer,
-            )
+            if args.precision != "native":
+                result = _precision_run(args, config, dtype, device, tokenizer, clip)
+            else:
+                result = run_parity(
+                    config, dtype=dtype, device=device, num_prompts=args.prompts, clip=clip,
+                    seed=args.seed, checkpoint=args.checkpoint, backend=args.backend,
+                    max_new_tokens=args.max_new_tokens,
+                    oracle_dtype=getattr(torch, args.oracle_dtype),
+                    oracle_device=args.oracle_device, tokenizer=tokenizer,
+                )  # fmt: skip
         except (ValueError, RuntimeError, OSError) as e:
             raise usage_error(f"({config.name}) {type(e).__name__}: {e}") from None
         print(result.format_table() + "\n")

@@ -55,6 +55,7 @@ __all__ = [
     "compare",
     "default_fast_factory",
     "make_inputs",
+    "run_model",
     "run_parity",
     "stage_modules",
 ]
@@ -232,7 +233,7 @@ def _merge(stage: StageResult, fast, ref, oracle, atol: float | None) -> None:
     stage.ok = stage.ok and rep.ok
 
 
-def _run(model: nn.Module, names, item: ParityInput, prompt, device, max_new_tokens: int, eos):
+def run_model(model: nn.Module, names, item: ParityInput, prompt, device, max_new_tokens: int, eos):
     """(the captured stage outputs, the greedy tokens) of one model on one input."""
     ids = prompt.input_ids.unsqueeze(0).to(device)
     types = prompt.token_type_ids.unsqueeze(0).to(device)
@@ -277,7 +278,8 @@ def compare(
     for i, item in enumerate(inputs):
         prompt = build_prompt(tokenizer, item.question, item.frames.shape[0], config)
         runs = {
-            key: _run(model, names, item, prompt, p.device, max_new_tokens, config.eos_token_ids)
+            key: run_model(model, names, item, prompt, p.device, max_new_tokens,
+                           config.eos_token_ids)
             for key, model, p in (("oracle", models.oracle, ora_p),
                                   ("reference", models.reference, ref_p),
                                   ("fast", models.fast, ref_p))

@@ -16,6 +16,7 @@ import torch
 from haic_kernels.app import cli
 from haic_kernels.app import parity as parity_command
 from haic_kernels.models.cogvlm2 import get_config
+from haic_kernels.testing import fp8_parity
 from haic_kernels.testing import model_parity as parity
 
 
@@ -146,3 +147,37 @@ def test_rope_variants_replace_only_the_text_setting() -> None:
     (fp32,) = parity_command._rope_variants(config, "fp32")
     assert fp32.text.rope_precision == "fp32" and fp32.vision == config.vision
     assert parity_command._rope_variants(config, None) == [config]
+
+
+def test_parity_precision_fp8_reports_each_stage_and_fails_only_past_the_bound(
+    monkeypatch, capsys
+) -> None:
+    """--precision fp8: per-stage relative errors and token agreement, exit 0 on the expected
+    quantization error, 1 on non-finite output or a logit error past the bound."""
+    argv = ["parity", "--config", "tiny", "--variant", "image", "--device", "cpu", "--prompts",
+            "1", "--max-new-tokens", "2", "--no-video", "--precision", "fp8"]  # fmt: skip
+    with pytest.warns(UserWarning, match="emulated"):
+        rc = cli.main(argv)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "fast fp8 (fp8_linear backend emulated) vs reference float32" in out
+    errors = {
+        stage: float(ln.split()[-1])
+        for ln in out.splitlines()
+        for stage in ("vision tower", "adapter", "logits")
+        if ln.startswith(f"  {stage} ")
+    }
+    assert set(errors) == {"vision tower", "adapter", "logits"}, out
+    assert all(1e-3 < e < 0.5 for e in errors.values()), out  # quantized, not broken
+    assert "agree on the first" in out and "haic parity: all runs pass" in out
+    # The exit status follows the result: non-finite output or a logit error past the bound.
+    stages = [fp8_parity.PrecisionStage("vision tower", "m", 0.1, finite=False),
+              fp8_parity.PrecisionStage("logits", "logits", 0.4)]  # fmt: skip
+    bad = fp8_parity.PrecisionResult("tiny", "float32", "cpu", "fp8", "emulated", 0.3,
+                                     stages=stages)  # fmt: skip
+    assert bad.failed == ["vision tower: non-finite", "logits: relative error 0.4 > bound 0.3"]
+    monkeypatch.setattr(parity_command, "compare_precision", lambda *a, **k: bad)
+    rc = cli.main(argv)
+    out = capsys.readouterr().out
+    assert rc == 1 and "NON-FINITE" in out and "haic parity: FAIL" in out, out
+    assert cli.main([*argv, "--reduce", "merge:1"]) == 2

@@ -183,3 +183,15 @@ def test_max_new_tokens_2048_fits_the_releases_context():
     long = build_prompt(ByteTokenizer(), "x" * 7000, 24, config)
     last = int(build_position_ids(long.token_type_ids).max())
     assert setup.new_tokens(long) == 8192 - last < 2048
+
+
+def test_precision_fp8_runs_the_fast_model_and_says_it_is_emulated(capsys, tmp_path):
+    """--precision fp8 implies the fast model (also on the CPU) and names its fp8_linear
+    backend in the row; the reference model has no fp8 option."""
+    with pytest.warns(UserWarning, match="emulated"):
+        row = _row(capsys, tmp_path, CLIP, "--precision", "fp8", "--max-new-tokens", "2",
+                   "--config", "tiny", *("--seed", "1"))  # fmt: skip
+    assert row["model"] == "fast, precision fp8 (fp8_linear emulated)"
+    assert 1 <= len(row["token_ids"]) <= 2
+    code, out, err = _run(capsys, CLIP, "--precision", "fp8", "--model", "reference")
+    assert code == 2 and "--precision fp8" in err, out + err

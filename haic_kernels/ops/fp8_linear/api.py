@@ -16,7 +16,7 @@ from haic_kernels.ops._common import check_dtype, check_no_grad, check_same_devi
 from haic_kernels.ops.fp8_linear.format import E4M3_MAX
 from haic_kernels.ops.fp8_linear.ops import LINEAR, QUANTIZE
 
-__all__ = ["E4M3_MAX", "Fp8Weight", "fp8_linear", "quantize_rows"]
+__all__ = ["E4M3_MAX", "Fp8Weight", "fp8_linear", "fp8_linear_backend", "quantize_rows"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_CHOICES = QUANTIZE.choices
@@ -112,15 +112,22 @@ def fp8_linear(x: torch.Tensor, weight: Fp8Weight, *, backend: str = "auto") -> 
     check_dtype("weight.qweight", weight.qweight, (torch.float8_e4m3fn,))
     check_same_device(x=x, weight=weight.qweight, bias=weight.bias)
     check_no_grad("fp8_linear", x=x)
-    chosen = LINEAR.resolve(
-        backend, x.device, unsupported=lambda b: _scaled_mm_problem(b, x, weight)
-    )
+    chosen = fp8_linear_backend(x, weight, backend=backend)
     x2 = x.reshape(-1, x.shape[-1])
     qx, sx = quantize_rows(x2)
     out = torch.ops.haic_kernels.fp8_linear(
         x2, weight.qweight, weight.scale, weight.bias, qx, sx, chosen
     )
     return out.view(*x.shape[:-1], weight.out_features)
+
+
+def fp8_linear_backend(x: torch.Tensor, weight: Fp8Weight, *, backend: str = "auto") -> str:
+    """The concrete backend ``fp8_linear(x, weight, backend=backend)`` runs ("emulated" or
+    "scaled_mm"): what a caller reports so that an emulated run never passes for a fast one.
+    ``auto`` gives scaled_mm only where it is usable (CUDA sm_89+, bf16 x, K and N multiples
+    of 16) and verified on this GPU (`haic_kernels.ops._common.VERIFIED`); an explicit backend
+    that cannot run this call raises ValueError."""
+    return LINEAR.resolve(backend, x.device, unsupported=lambda b: _scaled_mm_problem(b, x, weight))
 
 
 def _no_e4m3(backend: str, x: torch.Tensor) -> str | None:

@@ -5,7 +5,8 @@ parameters, no copy) and computes, pre-norm, ``h = x + dense_e(attn(rope(qkv_e(r
 ``y = h + down_e(silu(gate_e(rms(h))) * up_e(rms(h)))`` through haic_kernels ops:
 `rms_norm`, `add_rms_norm` (``h`` and ``rms(h)`` in one pass, the reference's fp32 numbers),
 `silu_mul`, `expert_linear` with the batch's `Routing` when it has two experts (one expert,
-the video model, and decode tokens, which are language tokens: plain ``F.linear``, cuBLAS),
+the video model, and decode tokens, which are language tokens: plain ``F.linear``, cuBLAS;
+with ``precision="fp8"`` the block's `Fp8Linears` instead, see `precision`),
 `rope_qkv` (split + RoPE + flash layout in one pass), and
 `attend` / `decode_attention`: the only places that call `attention` and
 `attention_with_kvcache`'s body (`append_and_attend`, the decode kernel's op).
@@ -28,6 +29,7 @@ from haic_kernels.ops.rope import rope_qkv, rope_qkv_to_cache
 
 from ..config import CogVLM2Config
 from .batch import TokenBatch
+from .precision import Fp8Linears, Fp8Options, quantize_block
 
 __all__ = ["FastDecoderLayer", "LayerCache", "LayerOutput", "Pending", "attend",
            "decode_attention", "prefill_attention"]  # fmt: skip
@@ -103,12 +105,15 @@ def decode_attention(q: torch.Tensor, cache: LayerCache, *, backend: str = "auto
 
 def _linear(
     x: torch.Tensor, language: nn.Linear, vision: nn.Linear | None, route: Routing | None,
-    backend: str,
+    backend: str, fp8: Fp8Linears | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """x [N, K] through each token's expert: `expert_linear` with a two-expert ``route``
     (language, vision); the language weights alone (``F.linear``: a grouped GEMM of one group
-    is a slower cuBLAS GEMM) when ``route`` is None or has one expert."""
+    is a slower cuBLAS GEMM) when ``route`` is None or has one expert. With ``fp8`` the same
+    through the E4M3 weights (`Fp8Linears`: one fp8_linear per expert)."""
     if route is None or route.num_experts == 1:
+        if fp8 is not None:
+            return fp8.linear(x, language)
         return F.linear(x, language.weight, language.bias)
     if vision is None:
         raise ValueError(
@@ -116,6 +121,8 @@ def _linear(
             "language expert (the video model)"
         )
     experts = [language, vision]
+    if fp8 is not None:
+        return fp8.expert_linear(x, experts, route)
     return expert_linear(x, [e.weight for e in experts], [e.bias for e in experts], route,
                          backend=backend)  # fmt: skip
 
@@ -123,9 +130,13 @@ def _linear(
 class FastDecoderLayer(nn.Module):
     """`language.CogVLMDecoderLayer` through haic_kernels ops, on the reference's parameters.
 
-    ``backend`` goes to expert_linear and rope_qkv, ``attn_backend`` to attention."""
+    ``backend`` goes to expert_linear and rope_qkv, ``attn_backend`` to attention; ``fp8``
+    (None: native) quantizes the block's linears once, here (`precision.quantize_block`)."""
 
-    def __init__(self, ref: nn.Module, config: CogVLM2Config, backend: str, attn_backend: str):
+    def __init__(
+        self, ref: nn.Module, config: CogVLM2Config, backend: str, attn_backend: str,
+        fp8: Fp8Options | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         # The reference's modules, in its order (state_dict keys and order stay the reference's);
         # self_attn and mlp hold parameters only: their forward is never called.
@@ -140,6 +151,7 @@ class FastDecoderLayer(nn.Module):
                          interleaved=t.rope_interleaved,
                          rope_precision=t.rope_precision)  # fmt: skip
         self.backend, self.attn_backend = backend, attn_backend
+        self.fp8 = quantize_block(self, fp8)
 
     def _block(
         self,
@@ -160,7 +172,7 @@ class FastDecoderLayer(nn.Module):
         a, lang, vis = self.self_attn, self.mlp.language_mlp, getattr(self.mlp, "vision_mlp", None)
 
         def lin(inp: torch.Tensor, language: nn.Linear, vision: nn.Linear | None):
-            return _linear(inp, language, vision, route, self.backend)
+            return _linear(inp, language, vision, route, self.backend, self.fp8)
 
         n1, n2, be = self.input_layernorm, self.post_attention_layernorm, self.backend
         if isinstance(x, Pending):

@@ -24,10 +24,11 @@ from ..weights import load_pretrained
 from .batch import TokenBatch
 from .decode import DecodeState, Sampler, generate, steps
 from .layers import FastDecoderLayer, Pending
+from .precision import PRECISIONS, Fp8Options, fp8_options
 from .prefill import prefill
 from .vision import FastEVA2CLIPModel
 
-__all__ = ["BACKENDS", "FastCausalLMOutput", "FastCogVLM2"]
+__all__ = ["BACKENDS", "PRECISIONS", "FastCausalLMOutput", "FastCogVLM2"]
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -52,14 +53,16 @@ def _check_backend(backend: object) -> str:
 class _LanguageModel(nn.Module):
     """``embed_tokens``, ``layers``, ``norm``, ``vision``: `CogVLM2Model`'s names and order."""
 
-    def __init__(self, ref: nn.Module, backend: str, attn_backend: str) -> None:
+    def __init__(
+        self, ref: nn.Module, backend: str, attn_backend: str, fp8: Fp8Options | None
+    ) -> None:
         super().__init__()
         self.embed_tokens = ref.embed_tokens
         self.layers = nn.ModuleList(
-            FastDecoderLayer(layer, ref.config, backend, attn_backend) for layer in ref.layers
+            FastDecoderLayer(layer, ref.config, backend, attn_backend, fp8) for layer in ref.layers
         )
         self.norm = ref.norm
-        self.vision = FastEVA2CLIPModel(ref.vision, backend, attn_backend)
+        self.vision = FastEVA2CLIPModel(ref.vision, backend, attn_backend, fp8)
 
 
 class FastCogVLM2(VisionStages, nn.Module):
@@ -68,33 +71,61 @@ class FastCogVLM2(VisionStages, nn.Module):
     ``backend`` ("auto" | "torch" | "triton") goes to every op, ``attn_backend`` (default
     ``backend``; also "sdpa", "flash_attn") to attention. "auto" picks per device: the fast paths
     verified on that GPU, PyTorch on the CPU.
+
+    ``precision`` ("native" | "fp8"): "native" runs every GEMM in the model dtype; "fp8" runs
+    the large linears of the vision blocks and LM layers in E4M3 (`fast.precision`: which
+    ones, the scales, why the embedding, conv, adapter and lm_head stay native), their weights
+    quantized once here. `fp8_backend` says whether they run fast (``torch._scaled_mm``) or
+    emulated; the first fp8 call warns when emulated. The forward then needs
+    ``torch.inference_mode()`` or ``torch.no_grad()`` (fp8_linear has no backward).
     """
 
     def __init__(
-        self, config: CogVLM2Config, *, backend: str = "auto", attn_backend: str | None = None
-    ) -> None:
+        self, config: CogVLM2Config, *, backend: str = "auto", attn_backend: str | None = None,
+        precision: str = "native",
+    ) -> None:  # fmt: skip
         super().__init__()
-        self._build(CogVLM2ForCausalLM(config), backend, attn_backend)
+        fp8 = fp8_options(precision, _check_backend(backend))
+        self._build(CogVLM2ForCausalLM(config), backend, attn_backend, precision, fp8)
 
-    def _build(self, ref: CogVLM2ForCausalLM, backend: str, attn_backend: str | None) -> None:
+    def _build(
+        self, ref: CogVLM2ForCausalLM, backend: str, attn_backend: str | None, precision: str,
+        fp8: Fp8Options | None,
+    ) -> None:  # fmt: skip
         self.config: CogVLM2Config = ref.config
         self.backend = _check_backend(backend)
         self.attn_backend = attn_backend if attn_backend is not None else self.backend
-        self.model = _LanguageModel(ref.model, self.backend, self.attn_backend)
+        self.precision = precision
+        self.model = _LanguageModel(ref.model, self.backend, self.attn_backend, fp8)
         self.lm_head = ref.lm_head
         self._decode: DecodeState | None = None
 
     @classmethod
     def from_reference(
-        cls, model: CogVLM2ForCausalLM, *, backend: str = "auto", attn_backend: str | None = None
-    ) -> FastCogVLM2:
-        """A fast model sharing ``model``'s parameters (no copy; ``model`` keeps working)."""
+        cls, model: CogVLM2ForCausalLM, *, backend: str = "auto", attn_backend: str | None = None,
+        precision: str = "native",
+    ) -> FastCogVLM2:  # fmt: skip
+        """A fast model sharing ``model``'s parameters (no copy; ``model`` keeps working; with
+        ``precision="fp8"`` the E4M3 copies of the block linears come on top)."""
         if not isinstance(model, CogVLM2ForCausalLM):
             raise TypeError(f"model: expected a CogVLM2ForCausalLM, got {type(model).__name__}")
+        fp8 = fp8_options(precision, _check_backend(backend))
         fast = cls.__new__(cls)
         nn.Module.__init__(fast)
-        fast._build(model, backend, attn_backend)
+        fast._build(model, backend, attn_backend, precision, fp8)
         return fast.train(model.training)
+
+    @property
+    def fp8_backend(self) -> str | None:
+        """None with ``precision="native"``; else the fp8_linear backend the block linears run
+        on the model's current device and dtype: "scaled_mm" (fast) or "emulated"."""
+        layers = [*self.model.layers, *self.model.vision.transformer.layers]
+        quantized = [layer.fp8 for layer in layers if layer.fp8 is not None]
+        if not quantized:
+            return None
+        w = self.model.embed_tokens.weight
+        # Only the device and dtype of x decide (the shapes are the weights').
+        return quantized[0].backend(torch.empty(1, 1, dtype=w.dtype, device=w.device))
 
     @classmethod
     def from_pretrained(
@@ -106,12 +137,15 @@ class FastCogVLM2(VisionStages, nn.Module):
         config: CogVLM2Config | None = None,
         backend: str = "auto",
         attn_backend: str | None = None,
+        precision: str = "native",
     ) -> FastCogVLM2:
         """Load an HF-format checkpoint directory (`weights.load_pretrained`: strict, clear
-        `CheckpointError` on missing / unexpected / mis-shaped weights) into a fast model."""
-        _check_backend(backend)
+        `CheckpointError` on missing / unexpected / mis-shaped weights) into a fast model;
+        ``precision="fp8"`` quantizes the block linears once, after loading."""
+        fp8_options(precision, _check_backend(backend))  # bad options fail before any read
         ref = load_pretrained(path, dtype=dtype, device=device, config=config)
-        return cls.from_reference(ref, backend=backend, attn_backend=attn_backend).eval()
+        return cls.from_reference(ref, backend=backend, attn_backend=attn_backend,
+                                  precision=precision).eval()  # fmt: skip
 
     def logits(self, x: torch.Tensor | Pending) -> torch.Tensor:
         """Hidden states [..., D] after the last layer (or its `Pending` residual add, which

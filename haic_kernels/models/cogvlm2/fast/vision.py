@@ -6,7 +6,8 @@ parameters: state dicts and forward hooks line up). Stages:
     run_vision_tower    post-norm blocks; attention is `haic_kernels.attention` (full, head dim
                         112 at full size) on q/k/v views of the fused QKV output; each
                         ``x + LN(f(x))`` is one `add_layer_norm` pass, fc1's bias joins the
-                        exact GELU (`bias_gelu`); the projections stay torch (cuBLAS)
+                        exact GELU (`bias_gelu`); the projections stay torch (cuBLAS), or
+                        fp8_linear with ``precision="fp8"`` (`precision.run_linear`)
     compress_and_adapt  `haic_kernels.conv_compress` (2x2/2 conv as an implicit GEMM), the GLU
                         adapter (torch), then [boi, tokens, eoi]
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from haic_kernels.ops.activation import bias_gelu
@@ -28,6 +28,7 @@ from haic_kernels.pruning.vision import cu_frames_of
 
 from ..vision import EVA2CLIPModel, check_frames
 from .layers import attend
+from .precision import Fp8Options, quantize_block, run_linear
 from .vision_reduce import run_reduced_tower
 
 __all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
@@ -36,9 +37,13 @@ __all__ = ["FastEVA2CLIPModel", "FastVisionLayer"]
 class FastVisionLayer(nn.Module):
     """Post-norm block ``h = x + LN1(attn(x))``, ``y = h + LN2(fc2(gelu(fc1(h))))`` on the
     reference block's modules. ``backend`` goes to attention, ``op_backend`` (default
-    ``backend``) to the fused norm and activation ops."""
+    ``backend``) to the fused norm and activation ops; ``fp8`` (None: native) quantizes the
+    four projections once, here (`precision.quantize_block`)."""
 
-    def __init__(self, ref: nn.Module, backend: str, op_backend: str | None = None) -> None:
+    def __init__(
+        self, ref: nn.Module, backend: str, op_backend: str | None = None,
+        fp8: Fp8Options | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.input_layernorm = ref.input_layernorm
         self.attention = ref.attention
@@ -46,6 +51,7 @@ class FastVisionLayer(nn.Module):
         self.post_attention_layernorm = ref.post_attention_layernorm
         self.backend = backend
         self.op_backend = backend if op_backend is None else op_backend
+        self.fp8 = quantize_block(self, fp8)
 
     def _post_norm(self, out: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm):
         """``residual + norm(out)``, the norm rounded first as the reference's: one pass."""
@@ -55,8 +61,9 @@ class FastVisionLayer(nn.Module):
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         """``fc2(gelu(fc1(h)))``: fc1 without its bias (cuBLAS), the bias added inside the one
         elementwise pass the exact GELU needs anyway (`bias_gelu`)."""
-        fc1 = self.mlp.fc1
-        return self.mlp.fc2(bias_gelu(F.linear(h, fc1.weight), fc1.bias, backend=self.op_backend))
+        fc1, fp8 = self.mlp.fc1, self.fp8
+        g = bias_gelu(run_linear(fp8, fc1, h, bias=False), fc1.bias, backend=self.op_backend)
+        return run_linear(fp8, self.mlp.fc2, g)
 
     def forward(
         self, x: torch.Tensor, cls_scores: bool = False
@@ -81,10 +88,11 @@ class FastVisionLayer(nn.Module):
         ``rows``: the query rows whose attention mass `attention`'s key_scores returns."""
         a = self.attention
         lead = x.shape[:-1]
-        qkv = a.query_key_value(x).view(*lead, 3, a.num_heads, a.head_dim)
+        qkv = run_linear(self.fp8, a.query_key_value, x).view(*lead, 3, a.num_heads, a.head_dim)
         q, k, v = qkv.unbind(-3)  # strided views: the kernels take strides
         ctx, scores = attend(q, k, v, rows, causal=False, backend=self.backend, **attn)
-        h = self._post_norm(a.dense(ctx.reshape(*lead, -1)), x, self.input_layernorm)
+        out = run_linear(self.fp8, a.dense, ctx.reshape(*lead, -1))
+        h = self._post_norm(out, x, self.input_layernorm)
         return h, k, scores
 
     def mlp_residual(self, h: torch.Tensor) -> torch.Tensor:
@@ -101,14 +109,16 @@ class _Transformer(nn.Module):
 class FastEVA2CLIPModel(nn.Module):
     """Frames -> LM-ready tokens [N, tokens_per_frame, Dt], through the haic_kernels ops."""
 
-    def __init__(self, ref: EVA2CLIPModel, backend: str, attn_backend: str) -> None:
+    def __init__(
+        self, ref: EVA2CLIPModel, backend: str, attn_backend: str, fp8: Fp8Options | None = None
+    ) -> None:
         super().__init__()
         self.config = ref.config
         self.backend = backend
         # The reference's attribute order, so state_dict() keys come in the same order.
         self.patch_embedding = ref.patch_embedding
         self.transformer = _Transformer(
-            [FastVisionLayer(layer, attn_backend, backend) for layer in ref.transformer.layers]
+            [FastVisionLayer(layer, attn_backend, backend, fp8) for layer in ref.transformer.layers]
         )
         self.linear_proj = ref.linear_proj
         self.conv = ref.conv
