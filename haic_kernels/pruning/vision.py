@@ -246,6 +246,8 @@ def merge_plans(
     if rows:
         table = torch.stack(rows)
         table[:, len(n) + 1 :] = table[:, len(n) + 1 :].cumsum(1)  # lengths -> cu_seqlens
+        if device.type == "cuda":  # pinned: the copy neither stages nor waits for the stream
+            table = table.pin_memory()
         table = table.to(device, non_blocking=True)
         for j, i in enumerate(at):
             plans[i] = table[j]
@@ -261,8 +263,9 @@ def merge_step(
     plan: torch.Tensor | None = None,
 ) -> TowerTokens:
     """One ToMe step on the block's ``h`` [T, Dv] with metric the keys ``k`` [T, H, Dh] (mean
-    over heads): `bipartite_match`, `merge_packed` and the unmerge map's step in one op (its
-    unchecked entry point: the arguments are built here; Triton: three launches). ``plan``:
+    over heads, taken inside the op): `bipartite_match`, `merge_packed` and the unmerge map's
+    step in one op (its unchecked entry point: the arguments are built here; Triton: four
+    launches). ``plan``:
     this block's entry of `merge_plans` (None: built here, one host-to-device copy). Returns the
     new `TowerTokens` (x = the merged ``h``)."""
     merges = merge_counts(tokens.lengths, r)
@@ -275,11 +278,10 @@ def merge_step(
         plan = torch.tensor([*merges, 0, *lengths], dtype=torch.int32)
         plan[nf + 1 :] = plan[nf + 1 :].cumsum(0)
         plan = plan.to(dev, non_blocking=True)
-    metric = k.to(torch.float32).mean(dim=1)
     # Valid by construction (host counts, clamped r): the unchecked entry point skips the
     # device-side value checks (see ops.token_merge.api).
     x, sizes, rows = merge_step_unchecked(
-        h.contiguous(), metric, tokens.sizes, tokens.cu_seqlens, plan[nf:], plan[:nf],
+        h.contiguous(), k, tokens.sizes, tokens.cu_seqlens, plan[nf:], plan[:nf],
         tokens.rows, tokens.max_seqlen, sum(lengths), max(lengths), backend,
     )  # fmt: skip
     return TowerTokens(x, plan[nf:], lengths, sizes, rows, tokens.source, tokens.trace,

@@ -180,7 +180,7 @@ def patch_difference(
 
 def merge_step_unchecked(
     h: torch.Tensor,
-    metric: torch.Tensor,
+    keys: torch.Tensor,
     sizes: torch.Tensor | None,
     cu_seqlens: torch.Tensor,
     cu_new: torch.Tensor,
@@ -192,15 +192,17 @@ def merge_step_unchecked(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`bipartite_match` + `merge_packed` + the unmerge map's step, fused, without value checks
-    (see above): h [T, Dv], metric float [T, D], sizes float32 [T] or None (all 1), cu_seqlens
+    (see above): h [T, Dv], keys float [T, H, Dh] (unit stride in Dh; the metric is their mean
+    over heads, ToMe's), sizes float32 [T] or None (all 1), cu_seqlens
     and cu_new int32 [N+1] (frame f: n_f rows, then n_f - r_f), r int32 [N], rows int64 [N, L]
     (the row of each position); ``kept`` = T - sum(r), ``longest_new`` the longest new frame.
 
     Returns (merged h [kept, Dv] in h.dtype, sizes float32 [kept], rows int64 [N, L]: each
     position's row after the merge), as ``merge_packed(h, sizes, target)`` with ``target =
-    bipartite_match(metric, cu_seqlens, r)`` and ``row[rows]``. Triton: three launches."""
+    bipartite_match(keys.float().mean(1), cu_seqlens, r)`` and ``row[rows]``. Triton: four
+    launches (the head mean, match, plan, merge)."""
     h = check_tensor("h", h, dims=2, dtypes=FLOATS, layout="contiguous")
-    metric = check_tensor("metric", metric, dims=2, dtypes=FLOATS, layout="contiguous")
+    keys = check_tensor("keys", keys, dims=3, dtypes=FLOATS, layout="rows")
     if sizes is not None:
         sizes = check_tensor("sizes", sizes, dims=1, dtypes=(torch.float32,), layout="contiguous")
     cu_seqlens, cu_new, r = (
@@ -210,5 +212,5 @@ def merge_step_unchecked(
     rows = check_tensor("rows", rows, dims=2, dtypes=(torch.int64,), layout="contiguous")
     chosen = STEP.resolve(backend, h.device)
     return torch.ops.haic_kernels.token_merge_step(
-        h, metric, sizes, cu_seqlens, cu_new, r, rows, max_seqlen, kept, longest_new, chosen
+        h, keys, sizes, cu_seqlens, cu_new, r, rows, max_seqlen, kept, longest_new, chosen
     )

@@ -15,7 +15,8 @@ merged rows in row order, each row's output row, each output row's staying row, 
 map moved one step. `_merge_kernel` (per frame, block of output rows, column block) then walks
 its frame's r merged rows once and sums each output row's sources in row order, in fp32, no
 atomics, no sort: deterministic, and the reference's sums bit for bit under the interpreter (a
-GPU compile may contract a multiply-add into an FMA: the last bit may move). Three launches.
+GPU compile may contract a multiply-add into an FMA: the last bit may move). With the keys'
+head mean (one torch reduction) four launches a step.
 """
 
 from __future__ import annotations
@@ -261,10 +262,11 @@ def merge_packed_triton(x, sizes, target, kept: int, alloc):
     return out, new_sizes, out_row[target]
 
 
-def merge_step_triton(h, metric, sizes, cu, cu_new, r, rows, max_seqlen: int, kept: int,
+def merge_step_triton(h, keys, sizes, cu, cu_new, r, rows, max_seqlen: int, kept: int,
                       longest_new: int, alloc):  # fmt: skip
-    """One ToMe step of the vision tower in three launches (match, plan, merge), no host read:
-    h [T, Dv] contiguous, metric [T, D], sizes fp32 [T] or None (all 1), cu / cu_new int32
+    """One ToMe step of the vision tower in four launches (head mean, match, plan, merge), no
+    host read: h [T, Dv] contiguous, keys [T, H, Dh] (the metric: their head mean, one fp32 reduction
+    that reads them in place), sizes fp32 [T] or None (all 1), cu / cu_new int32
     [N+1] (frame f: n_f rows before, n_f - r_f after; ``kept`` rows in all, the longest frame
     ``longest_new``), r int32 [N] (valid), rows int64 [N, L] -> (merged h [kept, Dv], sizes
     fp32 [kept], rows int64 [N, L]: each position's row after the step)."""
@@ -278,6 +280,10 @@ def merge_step_triton(h, metric, sizes, cu, cu_new, r, rows, max_seqlen: int, ke
     rows_out = alloc(tuple(rows.shape), i64, dev)
     if t == 0 or n == 0:
         return out, new_sizes, rows_out
+    # One pass over the keys where the torch backend's ``keys.to(float32).mean(1)`` makes two
+    # and an fp32 copy; not folded into the match kernel: re-reading H heads per B tile there
+    # spills ~3.7 KB (sm_90 AOT).
+    metric = keys.mean(dim=1, dtype=torch.float32)
     _match(metric, cu, r, max_seqlen, best, match)
     _plan_kernel[(n,)](best, match, cu, r, target, cu_new, dest, stay_of, merged, rows, rows_out,
                        t, rows.shape[1], BLOCK=_RANK_BLOCK, PLAN=True,
