@@ -265,9 +265,8 @@ def merge_step(
     """One ToMe step on the block's ``h`` [T, Dv] with metric the keys ``k`` [T, H, Dh] (mean
     over heads, taken inside the op): `bipartite_match`, `merge_packed` and the unmerge map's
     step in one op (its unchecked entry point: the arguments are built here; Triton: four
-    launches). ``plan``:
-    this block's entry of `merge_plans` (None: built here, one host-to-device copy). Returns the
-    new `TowerTokens` (x = the merged ``h``)."""
+    launches). ``plan``: this block's entry of `merge_plans` (None: built here, one
+    host-to-device copy). Returns the new `TowerTokens` (x = the merged ``h``)."""
     merges = merge_counts(tokens.lengths, r)
     if not any(merges):
         return replace(tokens, x=h)
@@ -275,9 +274,12 @@ def merge_step(
     nf = len(merges)
     lengths = [n - m for n, m in zip(tokens.lengths, merges)]
     if plan is None:
-        plan = torch.tensor([*merges, 0, *lengths], dtype=torch.int32)
-        plan[nf + 1 :] = plan[nf + 1 :].cumsum(0)
-        plan = plan.to(dev, non_blocking=True)
+        plan = merge_plans(tokens.lengths, VisionMerge(r), 1, dev)[0]
+    elif plan.shape != (2 * nf + 1,):
+        raise ValueError(
+            f"plan: expected int32 [{2 * nf + 1}] (r and cu_seqlens of {nf} frames, from "
+            f"merge_plans), got shape {tuple(plan.shape)}"
+        )
     # Valid by construction (host counts, clamped r): the unchecked entry point skips the
     # device-side value checks (see ops.token_merge.api).
     x, sizes, rows = merge_step_unchecked(
