@@ -37,12 +37,13 @@ import torch
 
 from haic_kernels.ops._common import check_int
 from haic_kernels.ops.token_merge import max_merges, patch_difference
-from haic_kernels.ops.token_merge.api import match_unchecked, merge_unchecked
+from haic_kernels.ops.token_merge.api import merge_step_unchecked
 from haic_kernels.ops.token_prune import gather_rows
 from haic_kernels.pruning.protocol import BEFORE_VISION, IN_VISION, TokenCounts
 
 __all__ = ["StaticPatches", "TowerTokens", "VisionMerge", "VisionReduction", "cu_frames_of",
-           "lm_policies", "merge_counts", "merge_step", "pack", "plan_vision", "predict_trace",
+           "lm_policies", "merge_counts", "merge_plans", "merge_step", "pack", "plan_vision",
+           "predict_trace",
            "restore", "restore_scores", "static_keep", "tower_flops"]  # fmt: skip
 
 
@@ -173,7 +174,8 @@ class TowerTokens:
     ``max_seqlen``; ``sizes`` float32 [T] (original tokens per row; None while all are 1);
     ``rows`` int64 [N, L]: the row holding each (frame, position) (undefined where dropped);
     ``source`` int64 [N, L]: the frame whose output fills each position (itself where kept);
-    ``trace``: per block run, (rows in attention, sum of squared frame lengths, rows in MLP).
+    ``trace``: per block run, (rows in attention, sum of squared frame lengths, rows in MLP);
+    ``bias``: ``log(sizes)``, taken once per merging step (None while all sizes are 1).
     """
 
     x: torch.Tensor
@@ -183,6 +185,7 @@ class TowerTokens:
     rows: torch.Tensor
     source: torch.Tensor
     trace: list[tuple[int, int, int]] = field(default_factory=list)
+    bias: torch.Tensor | None = None
 
     @property
     def max_seqlen(self) -> int:
@@ -191,7 +194,7 @@ class TowerTokens:
     @property
     def key_bias(self) -> torch.Tensor | None:
         """float32 [T]: ``log(size)`` of each row, ToMe's proportional attention (None: 0)."""
-        return None if self.sizes is None else self.sizes.log()
+        return self.bias
 
 
 def _cu(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -225,29 +228,66 @@ def merge_counts(lengths: Sequence[int], r: int) -> list[int]:
     return [min(r, max_merges(n)) for n in lengths]
 
 
+def merge_plans(
+    lengths: Sequence[int], merge: VisionMerge, num_layers: int, device: torch.device
+) -> list[torch.Tensor | None]:
+    """Per block of a tower of ``num_layers`` whose frames enter with ``lengths`` tokens: the
+    device half of that block's `merge_step` (int32 [2N + 1]: r per frame, then the new
+    cu_seqlens) or None where it merges nothing. Every count is known on the host from the
+    start, so the whole tower's go to the device in one copy, not two per merging block."""
+    n, rows, at = list(lengths), [], []
+    for i in range(num_layers):
+        merges = merge_counts(n, merge.r) if merge.merges_at(i) else []
+        if any(merges):
+            n = [x - m for x, m in zip(n, merges)]
+            at.append(i)
+            rows.append(torch.tensor([*merges, 0, *n], dtype=torch.int32))
+    plans: list[torch.Tensor | None] = [None] * num_layers
+    if rows:
+        table = torch.stack(rows)
+        table[:, len(n) + 1 :] = table[:, len(n) + 1 :].cumsum(1)  # lengths -> cu_seqlens
+        if device.type == "cuda":  # pinned: the copy neither stages nor waits for the stream
+            table = table.pin_memory()
+        table = table.to(device, non_blocking=True)
+        for j, i in enumerate(at):
+            plans[i] = table[j]
+    return plans
+
+
 def merge_step(
-    tokens: TowerTokens, h: torch.Tensor, k: torch.Tensor, r: int, backend: str = "auto"
+    tokens: TowerTokens,
+    h: torch.Tensor,
+    k: torch.Tensor,
+    r: int,
+    backend: str = "auto",
+    plan: torch.Tensor | None = None,
 ) -> TowerTokens:
     """One ToMe step on the block's ``h`` [T, Dv] with metric the keys ``k`` [T, H, Dh] (mean
-    over heads): `bipartite_match`, then `merge_packed` (their unchecked entry points: the
-    arguments are built here). Returns the new `TowerTokens` (x = the merged ``h``)."""
+    over heads, taken inside the op): `bipartite_match`, `merge_packed` and the unmerge map's
+    step in one op (its unchecked entry point: the arguments are built here; Triton: four
+    launches). ``plan``: this block's entry of `merge_plans` (None: built here, one
+    host-to-device copy). Returns the new `TowerTokens` (x = the merged ``h``)."""
     merges = merge_counts(tokens.lengths, r)
     if not any(merges):
         return replace(tokens, x=h)
-    metric = k.to(torch.float32).mean(dim=1)
     dev = h.device
-    # Valid by construction (host counts, clamped r, the matcher's own targets): the unchecked
-    # entry points skip the device-side value checks (see ops.token_merge.api).
-    r_dev = torch.tensor(merges, dtype=torch.int32).to(dev, non_blocking=True)
-    target = match_unchecked(metric, tokens.cu_seqlens, r_dev, tokens.max_seqlen, backend)
-    sizes = tokens.sizes
-    if sizes is None:
-        sizes = torch.ones(h.shape[0], dtype=torch.float32, device=dev)
-    x, sizes, row = merge_unchecked(h.contiguous(), sizes, target, h.shape[0] - sum(merges),
-                                    backend)  # fmt: skip
+    nf = len(merges)
     lengths = [n - m for n, m in zip(tokens.lengths, merges)]
-    return TowerTokens(x, _cu(lengths, dev), lengths, sizes, row[tokens.rows], tokens.source,
-                       tokens.trace)  # fmt: skip
+    if plan is None:
+        plan = merge_plans(tokens.lengths, VisionMerge(r), 1, dev)[0]
+    elif plan.shape != (2 * nf + 1,):
+        raise ValueError(
+            f"plan: expected int32 [{2 * nf + 1}] (r and cu_seqlens of {nf} frames, from "
+            f"merge_plans), got shape {tuple(plan.shape)}"
+        )
+    # Valid by construction (host counts, clamped r): the unchecked entry point skips the
+    # device-side value checks (see ops.token_merge.api).
+    x, sizes, rows = merge_step_unchecked(
+        h.contiguous(), k, tokens.sizes, tokens.cu_seqlens, plan[nf:], plan[:nf],
+        tokens.rows, tokens.max_seqlen, sum(lengths), max(lengths), backend,
+    )  # fmt: skip
+    return TowerTokens(x, plan[nf:], lengths, sizes, rows, tokens.source, tokens.trace,
+                       sizes.log())  # fmt: skip
 
 
 def _final_rows(tokens: TowerTokens) -> torch.Tensor:

@@ -17,6 +17,7 @@ from haic_kernels.ops.token_merge import (
     merge_packed,
     patch_difference,
 )
+from haic_kernels.ops.token_merge.api import merge_step_unchecked
 from tests._triton import needs_triton_cpu
 
 # Triton under the interpreter (CPU); on a CUDA machine these CPU tests skip it (stated reason).
@@ -142,3 +143,38 @@ def test_patch_difference_never_crosses_videos(seed):
     assert d[:, 0].tolist()[0] == NO_PREVIOUS and int(d[2, 0]) == NO_PREVIOUS
     with pytest.raises(ValueError, match="frames: expected square frames"):
         patch_difference(a[:, :, :10], 14)
+
+
+@needs_triton_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_merge_step_triton_equals_the_composed_ops(seed, dtype, with_sizes):
+    """The tower's fused step (Triton: match with the keys' head mean, plan, merge) against the
+    public ops composed on the torch backend: the same merged rows and sizes bit for bit (one
+    fp32 sum per row in row order on both), and the unmerge map moved exactly
+    (``out_row[target[rows]]``)."""
+    lengths = [17, 9, 2, 1, 24, 65]
+    t, width = sum(lengths), 24
+    cu = _cu(lengths)
+    r = [min(max_merges(m), 3 + 5 * (i % 2)) for i, m in enumerate(lengths)]
+    h = torch.randn(t, width).to(dtype)
+    # the keys as the tower hands them over: a strided view of a fused QKV output
+    keys = torch.randn(t, 3, 4, 16).to(dtype).unbind(1)[1]
+    sizes = torch.randint(1, 5, (t,)).float() if with_sizes else None
+    # rows: each frame's positions point into the frame (some twice, as a dropped patch's does)
+    positions = 70
+    rows = torch.stack([lo + torch.randint(0, m, (positions,)) for lo, m in
+                        zip(cu[:-1].tolist(), lengths)])  # fmt: skip
+    new_len = [m - k for m, k in zip(lengths, r)]
+    cu_new, r32 = _cu(new_len), torch.tensor(r, dtype=torch.int32)
+    step = (cu, cu_new, r32, rows, max(lengths), sum(new_len), max(new_len))
+    got = merge_step_unchecked(h, keys, sizes, *step, "triton")
+    target = bipartite_match(keys.float().mean(1), cu, torch.tensor(r), backend="torch")
+    ones = torch.ones(t) if sizes is None else sizes
+    want_x, want_sizes, _ = merge_packed(h, ones, target, backend="torch")
+    stay = target == torch.arange(t)
+    out_row = torch.cumsum(stay.long(), 0) - 1
+    assert torch.equal(got[0], want_x) and torch.equal(got[1], want_sizes)
+    assert torch.equal(got[2], out_row[target[rows]])
+    for a, b in zip(got, merge_step_unchecked(h, keys, sizes, *step, "torch")):
+        assert torch.equal(a, b)

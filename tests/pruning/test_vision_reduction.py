@@ -30,7 +30,14 @@ from haic_kernels.pruning import (
     plan_stages,
     plan_vision,
 )
-from haic_kernels.pruning.vision import merge_counts, static_keep, tower_flops
+from haic_kernels.pruning.vision import (
+    merge_counts,
+    merge_plans,
+    merge_step,
+    pack,
+    static_keep,
+    tower_flops,
+)
 from tests._triton import needs_triton_cpu
 
 # fp32 on CPU: the fast ops (packed varlen attention, fused QKV views) against stock torch per
@@ -274,3 +281,17 @@ def test_triton_tower_equals_torch_tower(tiny_model, seed):
     (a, la, ta), (b, lb, tb) = outs
     assert la == lb and ta == tb
     assert _rel(b, a) < FP32_REL
+
+
+def test_merge_plans_hold_every_blocks_counts():
+    """The tower's r and cu_seqlens per merging block, computed up front (one copy): r clamped
+    frame by frame as `merge_counts`, the lengths carried from block to block."""
+    cpu = torch.device("cpu")
+    plans = merge_plans([65, 2, 1], VisionMerge(r=1000, layers=(0, 2)), 3, cpu)
+    assert plans[1] is None
+    assert plans[0].dtype == torch.int32 and plans[0].tolist() == [32, 0, 0, 0, 33, 35, 36]
+    assert plans[2].tolist() == [16, 0, 0, 0, 17, 19, 20]  # 33 -> 17; 2 and 1 never merge
+    assert merge_plans([2, 1], VisionMerge(r=3), 2, cpu) == [None, None]
+    tok = pack(torch.randn(3, 65, 8))
+    with pytest.raises(ValueError, match=r"plan: expected int32 \[7\]"):
+        merge_step(tok, tok.x, tok.x.view(195, 2, 4), 4, plan=plans[0][:5])

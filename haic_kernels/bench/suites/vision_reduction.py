@@ -35,6 +35,7 @@ from haic_kernels.pruning.vision import (
     StaticPatches,
     VisionMerge,
     VisionReduction,
+    merge_plans,
     merge_step,
     pack,
     predict_trace,
@@ -73,12 +74,15 @@ def _tower(config, dtype: torch.dtype, device: torch.device) -> FastEVA2CLIPMode
 
 
 def _flow_only(tower, x: torch.Tensor, merge: VisionMerge) -> torch.Tensor:
-    """The token flow of ``merge`` without the blocks: per block `merge_step` (the features
-    viewed as heads stand in for the keys), then the unmerge gather."""
+    """The token flow of ``merge`` without the blocks, as the tower runs it: the plans' one
+    copy, per block `merge_step` (the features viewed as heads stand in for the keys), then
+    the unmerge gather."""
     tok = pack(x)
     heads = tower.config.vision.num_heads
-    for _ in tower.transformer.layers:
-        tok = merge_step(tok, tok.x, tok.x.view(tok.x.shape[0], heads, -1), merge.r)
+    layers = tower.transformer.layers
+    plans = merge_plans(tok.lengths, merge, len(layers), x.device)
+    for plan in plans:
+        tok = merge_step(tok, tok.x, tok.x.view(tok.x.shape[0], heads, -1), merge.r, plan=plan)
     return restore(tok, x.shape[1])
 
 

@@ -22,7 +22,7 @@ from haic_kernels.ops._common import (
     check_values,
 )
 from haic_kernels.ops.token_merge.format import NO_PREVIOUS
-from haic_kernels.ops.token_merge.ops import MATCH, MERGE, OP, PATCH_DIFF
+from haic_kernels.ops.token_merge.ops import MATCH, MERGE, OP, PATCH_DIFF, STEP
 from haic_kernels.ops.token_prune.api import previous_frames
 
 __all__ = ["BACKENDS", "NO_PREVIOUS", "bipartite_match", "max_merges", "merge_packed",
@@ -170,33 +170,47 @@ def patch_difference(
     return torch.ops.haic_kernels.token_merge_patch_difference(frames, prev, patch, chosen)
 
 
-# ---- the tower's own calls -------------------------------------------------------------------
-# `pruning.vision.merge_step` builds every argument itself (cu_seqlens and r from host counts,
-# target from `bipartite_match`), so the VALUE checks above (device asserts on CUDA: about 15
-# small launches per merging block, more than the kernels themselves) prove nothing there. These
-# two keep the shape/dtype checks (host only) and skip the value checks; nothing else calls them.
+# ---- the tower's own call --------------------------------------------------------------------
+# `pruning.vision.merge_step` builds every argument itself (cu_seqlens, r and the new
+# cu_seqlens from host counts, rows from the previous step), so the VALUE checks above (device
+# asserts on CUDA: about 15 small launches per merging block, more than the kernels themselves)
+# prove nothing there. This keeps the shape/dtype checks (host only) and skips the value
+# checks; nothing else calls it.
 
 
-def match_unchecked(
-    metric: torch.Tensor, cu_seqlens: torch.Tensor, r: torch.Tensor, max_seqlen: int,
+def merge_step_unchecked(
+    h: torch.Tensor,
+    keys: torch.Tensor,
+    sizes: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    cu_new: torch.Tensor,
+    r: torch.Tensor,
+    rows: torch.Tensor,
+    max_seqlen: int,
+    kept: int,
+    longest_new: int,
     backend: str = "auto",
-) -> torch.Tensor:  # fmt: skip
-    """`bipartite_match` without its value checks (see above): cu_seqlens int32 [N+1], r [N]."""
-    metric = check_tensor("metric", metric, dims=2, dtypes=FLOATS, layout="contiguous")
-    check_tensor("cu_seqlens", cu_seqlens, dims=1, dtypes=(torch.int32,), device=metric.device)
-    check_tensor("r", r, dims=1, dtypes=INTS, device=metric.device)
-    chosen = MATCH.resolve(backend, metric.device)
-    return torch.ops.haic_kernels.token_merge_match(
-        metric, cu_seqlens, r.to(torch.int32), max_seqlen, chosen
-    )
-
-
-def merge_unchecked(
-    x: torch.Tensor, sizes: torch.Tensor, target: torch.Tensor, kept: int, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`merge_packed` without its value checks (see above): target int64 from the matcher."""
-    x = check_tensor("x", x, dims=2, dtypes=FLOATS, layout="contiguous")
-    sizes = check_tensor("sizes", sizes, dims=1, dtypes=(torch.float32,), layout="contiguous")
-    target = check_tensor("target", target, dims=1, dtypes=(torch.int64,), layout="contiguous")
-    chosen = MERGE.resolve(backend, x.device)
-    return torch.ops.haic_kernels.token_merge_merge(x, sizes, target, kept, chosen)
+    """`bipartite_match` + `merge_packed` + the unmerge map's step, fused, without value checks
+    (see above): h [T, Dv], keys float [T, H, Dh] (unit stride in Dh; the metric is their mean
+    over heads, ToMe's), sizes float32 [T] or None (all 1), cu_seqlens
+    and cu_new int32 [N+1] (frame f: n_f rows, then n_f - r_f), r int32 [N], rows int64 [N, L]
+    (the row of each position); ``kept`` = T - sum(r), ``longest_new`` the longest new frame.
+
+    Returns (merged h [kept, Dv] in h.dtype, sizes float32 [kept], rows int64 [N, L]: each
+    position's row after the merge), as ``merge_packed(h, sizes, target)`` with ``target =
+    bipartite_match(keys.float().mean(1), cu_seqlens, r)`` and ``row[rows]``. Triton: four
+    launches (the head mean, match, plan, merge)."""
+    h = check_tensor("h", h, dims=2, dtypes=FLOATS, layout="contiguous")
+    keys = check_tensor("keys", keys, dims=3, dtypes=FLOATS, layout="rows")
+    if sizes is not None:
+        sizes = check_tensor("sizes", sizes, dims=1, dtypes=(torch.float32,), layout="contiguous")
+    cu_seqlens, cu_new, r = (
+        check_tensor(name, v, dims=1, dtypes=(torch.int32,), layout="contiguous", device=h.device)
+        for name, v in (("cu_seqlens", cu_seqlens), ("cu_new", cu_new), ("r", r))
+    )
+    rows = check_tensor("rows", rows, dims=2, dtypes=(torch.int64,), layout="contiguous")
+    chosen = STEP.resolve(backend, h.device)
+    return torch.ops.haic_kernels.token_merge_step(
+        h, keys, sizes, cu_seqlens, cu_new, r, rows, max_seqlen, kept, longest_new, chosen
+    )

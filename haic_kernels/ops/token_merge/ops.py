@@ -10,7 +10,7 @@ import torch
 
 from haic_kernels.ops._common import Dispatch, new_output
 
-__all__ = ["MATCH", "MERGE", "PATCH_DIFF"]
+__all__ = ["MATCH", "MERGE", "PATCH_DIFF", "STEP"]
 
 OP = "token_merge"
 
@@ -77,6 +77,36 @@ def merge_op(
 def _(x, sizes, target, kept, backend):
     return (x.new_empty((kept, x.shape[1])), x.new_empty((kept,), dtype=torch.float32),
             x.new_empty(x.shape[:1], dtype=torch.int64))  # fmt: skip
+
+
+def _step_triton(h, keys, sizes, cu, cu_new, r, rows, max_seqlen, kept, longest_new):
+    from haic_kernels.ops.token_merge.triton import merge_step_triton
+
+    return merge_step_triton(h, keys, sizes, cu, cu_new, r, rows, max_seqlen, kept,
+                             longest_new, new_output)  # fmt: skip
+
+
+def _step_torch(h, keys, sizes, cu, cu_new, r, rows, max_seqlen, kept, longest_new):
+    return _ref("merge_step_reference")(h, keys, sizes, cu, r, rows)
+
+
+STEP = Dispatch(OP, {"torch": _step_torch, "triton": _step_triton}, auto_order=("triton",))
+
+
+@torch.library.custom_op("haic_kernels::token_merge_step", mutates_args=())
+def step_op(
+    h: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor | None, cu: torch.Tensor,
+    cu_new: torch.Tensor, r: torch.Tensor, rows: torch.Tensor, max_seqlen: int, kept: int,
+    longest_new: int, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    return STEP.run(backend, h, keys, sizes, cu, cu_new, r, rows, max_seqlen, kept,
+                    longest_new)  # fmt: skip
+
+
+@step_op.register_fake
+def _(h, keys, sizes, cu, cu_new, r, rows, max_seqlen, kept, longest_new, backend):
+    return (h.new_empty((kept, h.shape[1])), h.new_empty((kept,), dtype=torch.float32),
+            rows.new_empty(rows.shape))  # fmt: skip
 
 
 PATCH_DIFF = Dispatch(OP, {"torch": _ref("patch_difference_reference")})

@@ -67,6 +67,25 @@ def merge_packed_reference(
     return merged, den[stay], out_row[t]
 
 
+def merge_step_reference(
+    h: torch.Tensor,
+    keys: torch.Tensor,
+    sizes: torch.Tensor | None,
+    cu_seqlens: torch.Tensor,
+    r: torch.Tensor,
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One ToMe step of the packed vision tower: `bipartite_match_reference` on the metric
+    ``keys.to(float32).mean(1)`` (keys [T, H, Dh]), then
+    `merge_packed_reference` of h [T, Dv] (``sizes`` None: all 1); ``rows`` int [N, L] (each
+    position's row) -> (merged h, sizes float32, rows int64 [N, L] after the step)."""
+    if sizes is None:
+        sizes = torch.ones(h.shape[0], dtype=torch.float32, device=h.device)
+    target = bipartite_match_reference(keys.to(torch.float32).mean(dim=1), cu_seqlens, r)
+    merged, new_sizes, row = merge_packed_reference(h, sizes, target)
+    return merged, new_sizes, row[rows]
+
+
 def patch_difference_reference(
     frames: torch.Tensor, prev: torch.Tensor, patch: int
 ) -> torch.Tensor:

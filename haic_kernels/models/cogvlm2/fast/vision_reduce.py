@@ -17,6 +17,7 @@ from torch import nn
 from haic_kernels.pruning.vision import (
     TowerTokens,
     VisionReduction,
+    merge_plans,
     merge_step,
     pack,
     restore,
@@ -46,6 +47,10 @@ def run_reduced_tower(
     tok = pack(x, keep)
     merge = reduction.merge
     layers = vision.transformer.layers
+    # Every block's counts are known now: one host-to-device copy for the whole tower.
+    plans = [None] * len(layers)
+    if merge is not None:
+        plans = merge_plans(tok.lengths, merge, len(layers), x.device)
     scores_out = None
     for i, layer in enumerate(layers):
         rows = None
@@ -60,7 +65,7 @@ def run_reduced_tower(
             scores_out = restore_scores(tok, scores)
         attn = (h.shape[0], sum(n * n for n in tok.lengths))
         if merge is not None and merge.merges_at(i):
-            tok = merge_step(tok, h, k, merge.r, backend=vision.backend)
+            tok = merge_step(tok, h, k, merge.r, backend=vision.backend, plan=plans[i])
         else:
             tok = replace(tok, x=h)
         tok.trace.append((*attn, tok.x.shape[0]))
