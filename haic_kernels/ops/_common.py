@@ -67,6 +67,8 @@ __all__ = [
     "output_hook",
     "resolve_backend",
     "trust_unverified",
+    "trusted_values",
+    "values_trusted",
 ]
 
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -380,6 +382,12 @@ def trusted_values() -> Iterator[None]:
         _TRUSTED.reset(token)
 
 
+def values_trusted() -> bool:
+    """Whether value checks are off here (inside `trusted_values`, outside torch.compile, whose
+    dynamo cannot read the flag)."""
+    return not torch.compiler.is_compiling() and _TRUSTED.get()
+
+
 def eager_values(t: torch.Tensor) -> bool:
     """Whether ``t``'s values are checked now, on the host: CPU tensors outside torch.compile
     and outside `device_checks`."""
@@ -395,7 +403,7 @@ def check_values(ok: torch.Tensor | Callable[[], torch.Tensor], msg: str) -> Non
     the tensor, so that on a hot path nothing is computed when the values are trusted. ``msg``
     must start with the argument's name.
     """
-    if not torch.compiler.is_compiling() and _TRUSTED.get():  # dynamo cannot trace a ContextVar
+    if values_trusted():
         return
     if callable(ok):
         ok = ok()
@@ -466,7 +474,9 @@ def check_cu_seqlens(
         raise ValueError(f"{name}: expected [B+1] offsets starting at 0, got an empty tensor")
     if total > _INT32_MAX:
         raise ValueError(f"{name}: at most 2^31-1 {what} are supported, got {total}")
-    if eager_values(cu):
+    if values_trusted():
+        pass  # the caller made these offsets (`trusted_values`)
+    elif eager_values(cu):
         vals = cu.tolist()
         if vals[0] != 0 or vals[-1] != total or any(b < a for a, b in itertools.pairwise(vals)):
             shown = f"{vals[:8]}{'...' if len(vals) > 8 else ''}"
@@ -499,6 +509,8 @@ def check_max_seqlen(
     given = None if value is None else check_int(name, value, minimum=0)
     if cu.numel() < 2 or total == 0:
         return 0
+    if given is not None and values_trusted():
+        return min(given, total)
     if eager_values(cu):
         actual = int((cu[1:] - cu[:-1]).max())
         if given is not None and given < actual:

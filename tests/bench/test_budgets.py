@@ -29,6 +29,7 @@ FRAMES = 2
 # k and v into the cache (`rope_qkv_to_cache`) and the next norm did each residual add
 # (`Pending`).
 DECODE_KERNELS_PER_LAYER = 10
+PREFILL_KERNELS_PER_LAYER = 12
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,13 @@ def test_no_host_sync_in_any_prefill_layer(traced, path):
     rep = traced[path]
     assert len(rep.layers) == 2 and all(t.kernels > 0 for t in rep.layers)
     assert [t.syncs for t in rep.layers] == [0, 0], [dict(t.by_sync) for t in rep.layers]
+
+
+@pytest.mark.parametrize("path", ["dense", "packed"])
+def test_prefill_layer_kernels_do_not_grow(traced, path):
+    # 12: the layer's math alone (26 while every layer re-checked the batch's offsets and
+    # positions; the prefill now runs its layers under `trusted_values`).
+    assert traced[path].per_layer()[0] <= PREFILL_KERNELS_PER_LAYER, traced[path].table()
 
 
 @pytest.mark.parametrize("path", ["dense", "packed"])

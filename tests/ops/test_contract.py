@@ -18,7 +18,12 @@ import torch
 
 import haic_kernels as hk
 from haic_kernels import token_prune as tp
-from haic_kernels.ops._common import check_values, trusted_values
+from haic_kernels.ops._common import (
+    check_cu_seqlens,
+    check_max_seqlen,
+    check_values,
+    trusted_values,
+)
 from haic_kernels.ops.attention.reference import attention_reference
 from haic_kernels.ops.attention.triton import attention_triton
 from haic_kernels.ops.token_prune.triton import segment_topk_triton
@@ -340,3 +345,9 @@ def test_trusted_values_skips_value_checks_and_their_kernels_only_inside(seed):
     qkv = torch.randn(3, 4 * 8)
     with pytest.raises(ValueError, match="position_ids"):
         hk.rope_qkv(qkv, torch.tensor([0, -1, 2]), num_heads=2, num_kv_heads=1)
+    lying = torch.tensor([0, 5, 3])
+    with trusted_values():  # the packed rule's values and a given max_seqlen are not checked
+        assert check_cu_seqlens("cu", lying, 3, lying.device).tolist() == [0, 5, 3]
+        assert check_max_seqlen("max_seqlen", 1, lying, 3) == 1
+    with pytest.raises(ValueError, match=r"^cu: expected non-decreasing"):
+        check_cu_seqlens("cu", lying, 3, lying.device)

@@ -264,7 +264,7 @@ def _check_block_ids(q, k, block_ids, causal, packed, cu_q, cu_k) -> torch.Tenso
         if k.shape[0] != q.shape[0]:
             raise ValueError("block_ids: needs the same query and key rows (Tq == Tk)")
         if cu_k is not cu_q:
-            check_values(cu_k == cu_q, "block_ids: needs cu_seqlens_k equal to cu_seqlens")
+            check_values(lambda: cu_k == cu_q, "block_ids: needs cu_seqlens_k equal to cu_seqlens")
         want = (q.shape[0],)
     else:
         if k.shape[1] != q.shape[1]:
@@ -301,7 +301,7 @@ def _check_key_bias(k, key_bias, packed) -> torch.Tensor | None:
             f"key_bias: expected float32 of shape {want} (one bias per key), got "
             f"{tuple(key_bias.shape)}"
         )
-    check_values(torch.isfinite(key_bias), "key_bias: entries must be finite")
+    check_values(lambda: torch.isfinite(key_bias), "key_bias: entries must be finite")
     return key_bias.contiguous()
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from haic_kernels.constants import VISION_TOKEN_TYPE
+from haic_kernels.ops._common import trusted_values
 from haic_kernels.pruning import PruneResult, TokenLayout, VisionReduction, plan_stages, plan_vision
 from haic_kernels.pruning.vision import cu_frames_of
 
@@ -121,20 +122,23 @@ def prefill(
     k_layer = in_lm.layer if in_lm is not None else -1
     after_lm = kept_counts(in_lm, counts, layout) if in_lm is not None else None
 
-    for i, layer in enumerate(model.model.layers):
-        if in_lm is not None and i == k_layer + 1:
-            x, batch = apply(stages[-1], layout, batch, x, after_lm, cfg, model.backend)
-            layout = stages[-1].layout_after
-        if i == k_layer:
-            out = layer(x, batch, key_scores=in_lm.query_rows(layout)[batch.row_col])
-            scores = out.scores.new_zeros(layout.role.shape)
-            scores[batch.row_col] = out.scores
-            stages.append(in_lm(layout, lm_scores=scores, num_layers=num_layers))
-        else:
-            out = layer(x, batch)
-        x = out.x
-        if sink is not None:
-            sink(i, out.k, out.v, batch)
+    # The batch's offsets, positions and lengths were checked once when it was built (and
+    # every stage makes its own): no layer checks their values again.
+    with trusted_values():
+        for i, layer in enumerate(model.model.layers):
+            if in_lm is not None and i == k_layer + 1:
+                x, batch = apply(stages[-1], layout, batch, x, after_lm, cfg, model.backend)
+                layout = stages[-1].layout_after
+            if i == k_layer:
+                out = layer(x, batch, key_scores=in_lm.query_rows(layout)[batch.row_col])
+                scores = out.scores.new_zeros(layout.role.shape)
+                scores[batch.row_col] = out.scores
+                stages.append(in_lm(layout, lm_scores=scores, num_layers=num_layers))
+            else:
+                out = layer(x, batch)
+            x = out.x
+            if sink is not None:
+                sink(i, out.k, out.v, batch)
     if last_only:
         x = x[batch.last_index]
     return PrefillOutput(model.logits(x), batch, stages)

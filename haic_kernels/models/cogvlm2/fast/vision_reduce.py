@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from haic_kernels.ops._common import trusted_values
 from haic_kernels.pruning.vision import (
     TowerTokens,
     VisionReduction,
@@ -52,22 +53,25 @@ def run_reduced_tower(
     if merge is not None:
         plans = merge_plans(tok.lengths, merge, len(layers), x.device)
     scores_out = None
-    for i, layer in enumerate(layers):
-        rows = None
-        if cls_scores and i == len(layers) - 1:
-            rows = torch.zeros(tok.x.shape[0], dtype=torch.bool, device=x.device)
-            rows[tok.cu_seqlens[:-1].long()] = True
-        h, k, scores = layer.attention_residual(
-            tok.x, rows, cu_seqlens=tok.cu_seqlens, max_seqlen=tok.max_seqlen,
-            key_bias=tok.key_bias,
-        )  # fmt: skip
-        if scores is not None:
-            scores_out = restore_scores(tok, scores)
-        attn = (h.shape[0], sum(n * n for n in tok.lengths))
-        if merge is not None and merge.merges_at(i):
-            tok = merge_step(tok, h, k, merge.r, backend=vision.backend, plan=plans[i])
-        else:
-            tok = replace(tok, x=h)
-        tok.trace.append((*attn, tok.x.shape[0]))
-        tok = replace(tok, x=layer.mlp_residual(tok.x))
+    # Offsets, lengths and the key bias are the tower's own (`pack`, `merge_step`): the ops
+    # below check no values (each check would launch a few kernels in every block).
+    with trusted_values():
+        for i, layer in enumerate(layers):
+            rows = None
+            if cls_scores and i == len(layers) - 1:
+                rows = torch.zeros(tok.x.shape[0], dtype=torch.bool, device=x.device)
+                rows[tok.cu_seqlens[:-1].long()] = True
+            h, k, scores = layer.attention_residual(
+                tok.x, rows, cu_seqlens=tok.cu_seqlens, max_seqlen=tok.max_seqlen,
+                key_bias=tok.key_bias,
+            )  # fmt: skip
+            if scores is not None:
+                scores_out = restore_scores(tok, scores)
+            attn = (h.shape[0], sum(n * n for n in tok.lengths))
+            if merge is not None and merge.merges_at(i):
+                tok = merge_step(tok, h, k, merge.r, backend=vision.backend, plan=plans[i])
+            else:
+                tok = replace(tok, x=h)
+            tok.trace.append((*attn, tok.x.shape[0]))
+            tok = replace(tok, x=layer.mlp_residual(tok.x))
     return restore(tok, cfg.num_positions), scores_out, tok
