@@ -1,4 +1,5 @@
-"""attention in Triton: a flash-attention-2 style forward pass and the key-scores pass.
+"""attention in Triton: a flash-attention-2 style forward pass (the key-scores pass that follows
+it when asked: triton_scores.py; the masks both share: triton_masks.py).
 
 Runs on CUDA tensors, or on CPU tensors under the interpreter (TRITON_INTERPRET=1 set before this
 module is imported). Imported lazily by ops.py; never imports the reference.
