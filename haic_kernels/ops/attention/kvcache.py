@@ -3,9 +3,9 @@ flash-attn's ``flash_attn_with_kvcache``.
 
 The public function: checks, the in-place append of new keys/values, and backend choice; the
 ``haic_kernels::attention_kvcache`` custom op and its dispatch table live in ops.py.
-`append_and_attend` is its body after the checks, for a decode loop that owns its caches: it
-checks the lengths once per step and computes the write rows once for all layers, so a layer's
-call launches the two row writes and the attention kernel, nothing else.
+`append_and_attend` is its body after the checks, for a decode loop that owns its caches and
+keeps their lengths in range by construction (the fast model's, whose RoPE kernel has already
+written k and v into the cache rows: its layers call this with no append, one kernel).
 """
 
 from __future__ import annotations

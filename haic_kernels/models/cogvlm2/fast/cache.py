@@ -5,8 +5,8 @@ Layer i holds ``k, v [B, T_i + max_new_tokens, Hkv, Dh]`` (row b's prompt keys a
 stage), ``seqlens`` [B] (the rows in the cache: where the step's token goes) and ``visible``
 [B] (``seqlens + 1``: the keys the step's query sees), rows of one int32 ``[2, L, B]`` buffer,
 so that a decode step advances every layer's lengths with one kernel (`advance`) and no layer
-computes an index or a length. The prefill stores
-each layer as computed (`store`), so the packed prompt keys never exist for all layers at once;
+computes an index or a length. The prefill stores each layer as computed (`store`), so the
+packed prompt keys never exist for all layers at once;
 buffers are reused in place by prompts of the same shape (``same_shape``), so a CUDA graph
 captured on them stays valid.
 """
