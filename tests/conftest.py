@@ -25,14 +25,15 @@ from haic_kernels.models.cogvlm2 import (  # noqa: E402
 )
 from haic_kernels.testing import poison_  # noqa: E402
 
-#: Tests that take minutes in one process (the ahead-of-time compile of every Triton kernel):
-#: run first, so that with pytest-xdist the other workers share out the rest meanwhile instead
-#: of one worker finishing alone with them at the end.
+#: Tests that take minutes in one process (the ahead-of-time compile of every Triton kernel).
 LONG_FIRST = ("tests/test_triton_aot.py::test_triton_kernels_compile_for_gpu_targets",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid not in LONG_FIRST)  # stable: the rest keep order
+    # Longest first, then the other `slow` tests, then the rest (stable: each keeps its order):
+    # with pytest-xdist the workers start on the long ones together and share out the short
+    # ones meanwhile, instead of one worker finishing alone with a long test at the end.
+    items.sort(key=lambda item: (item.nodeid not in LONG_FIRST, "slow" not in item.keywords))
     if HAS_CUDA:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; this machine has none")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests._emulation import run_emulation
 
 
+@pytest.mark.slow
 def test_decode_attention_kernel_host_emulation(tmp_path):
     """csrc/decode_attention.cu compiled by g++ against csrc/emu shims, threads as CUDA threads.
 

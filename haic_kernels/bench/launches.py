@@ -351,10 +351,13 @@ def _entered(method: Callable[..., Any], idx: int, tracer: _Tracer) -> Callable[
 # ---- the model's hot paths (the calls themselves live in model_calls) ------------------------
 
 
-def decode_step(models: model_calls.Models, rows, embeds: torch.Tensor) -> LaunchReport:
-    """One decode step of the fast model: ``generate(3) - generate(2)`` on ``rows``."""
+def decode_step(models: model_calls.Models, rows, embeds: torch.Tensor, *,
+                warmup: bool = True) -> LaunchReport:  # fmt: skip
+    """One decode step of the fast model: ``generate(3) - generate(2)`` on ``rows``
+    (``warmup=False``: the caller has run these shapes already)."""
     kw = dict(layers=models.lm_layers, root=models.fast)
-    three, _ = count_launches(model_calls.generate, models.fast, rows, embeds, 3, **kw)
+    three, _ = count_launches(model_calls.generate, models.fast, rows, embeds, 3, warmup=warmup,
+                              **kw)  # fmt: skip
     two, _ = count_launches(model_calls.generate, models.fast, rows, embeds, 2, warmup=False,
                             **kw)  # fmt: skip
     return three - two

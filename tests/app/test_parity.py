@@ -49,6 +49,7 @@ def _copy_factory(noise_at: str | None = None, scale: float = 1e-3):
     return make
 
 
+@pytest.mark.slow
 def test_parity_cli_tiny_passes_for_every_variant(tmp_path: Path) -> None:
     """CI's check: chat and base layouts and the image variant, fp32 on the CPU."""
     out = tmp_path / "parity.json"
@@ -129,6 +130,7 @@ def test_parity_usage_errors(tmp_path: Path) -> None:
     assert r.returncode != 0 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_parity_runs_each_rope_precision(tmp_path: Path) -> None:
     """``--rope-precision both``: one run per setting, each model built with it, each named."""
     out = tmp_path / "parity.json"

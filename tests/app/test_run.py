@@ -79,6 +79,7 @@ def test_run_video_prints_answer_and_stage_timings(tmp_path: Path, model: str) -
     assert row["question"] == "What moves?"
 
 
+@pytest.mark.slow
 def test_run_video_same_tokens_fast_and_reference(tmp_path: Path) -> None:
     ids = {}
     for model in ("reference", "fast"):
@@ -90,6 +91,7 @@ def test_run_video_same_tokens_fast_and_reference(tmp_path: Path) -> None:
     assert ids["fast"] == ids["reference"]
 
 
+@pytest.mark.slow
 def test_run_video_bad_inputs_fail_cleanly(tmp_path: Path) -> None:
     bad = tmp_path / "broken.webm"
     bad.write_text("not a video")

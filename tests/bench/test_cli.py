@@ -175,12 +175,14 @@ def _pytest_benchmarks(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_pytest_benchmarks_smoke_disabled():
     res = _pytest_benchmarks("--benchmark-disable")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "passed" in res.stdout
 
 
+@pytest.mark.slow
 def test_pytest_benchmarks_json_has_our_figures(tmp_path):
     out = tmp_path / "pb.json"
     res = _pytest_benchmarks(

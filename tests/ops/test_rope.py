@@ -226,6 +226,7 @@ def test_model_rotary_fp32_path_unchanged(seed):
     assert torch.equal(rel[0], ang.cos()) and torch.equal(rel[1], ang.sin())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_rope_op_release_is_the_release_bit_for_bit(seed, poison_outputs, backend, dtype):

@@ -262,6 +262,7 @@ def test_cls_scores_through_the_packed_tower(models, tiny_prompts, seed):
     assert out.logits.shape[0] == 2 and out.prune is not None
 
 
+@pytest.mark.slow
 @needs_triton_cpu
 @torch.no_grad()
 def test_triton_tower_equals_torch_tower(tiny_model, seed):

@@ -76,6 +76,7 @@ def test_logits_parity_and_greedy_tokens(tiny_model, batch, variant) -> None:
         assert torch.equal(fast.generate(ids, types, u8, max_new_tokens=4), a)
 
 
+@pytest.mark.slow
 @needs_triton_cpu
 @torch.no_grad()
 def test_triton_interpreter_forward(tiny_model, batch) -> None:
@@ -213,6 +214,7 @@ def test_stream_yields_generate_steps(tiny_model, batch) -> None:
         fast.stream(ids, types, u8, max_new_tokens=5, eos_check_every=0)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_both_models_take_a_sampler_and_stream_alike(tiny_model, batch) -> None:
     """What `haic run --do-sample --stream` relies on: ``sampler=`` and ``stream`` with one
@@ -238,6 +240,7 @@ def test_both_models_take_a_sampler_and_stream_alike(tiny_model, batch) -> None:
     assert not torch.equal(runs["reference"], greedy)  # the sampler was used
 
 
+@pytest.mark.slow
 def test_decode_buffers_are_reused_for_one_shape(tiny_model, batch) -> None:
     """The decode state (static cache, and the CUDA graph captured on it) survives a call and is
     reused by the next call of the same shape; another shape replaces it and drops the graph."""

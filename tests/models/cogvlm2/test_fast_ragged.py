@@ -45,6 +45,7 @@ def _ref_rows(ref, prompts, frames, steps: int):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["video-chat", "image"])
 @torch.no_grad()
 def test_ragged_matches_rows_alone(tiny_model, tiny_prompts, greedy_recorder, variant) -> None:
@@ -77,6 +78,7 @@ def test_ragged_matches_rows_alone(tiny_model, tiny_prompts, greedy_recorder, va
         assert_parity(step_logits, l32, l64, what=f"{variant} row {b} decode logits")
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_ragged_eos_and_equal_lengths(tiny_model, tiny_prompts) -> None:
     ref = tiny_model("video-chat")
@@ -130,6 +132,7 @@ def test_ragged_bad_input(tiny_model, tiny_prompts) -> None:
         fast(rows_i, rows_t, u8[:-1])
 
 
+@pytest.mark.slow
 @needs_triton_cpu
 @torch.no_grad()
 def test_ragged_triton_interpreter(tiny_model, tiny_prompts) -> None:

@@ -157,6 +157,7 @@ def test_kept_counts_predicted_or_read_where_scores_decide(setup, policy) -> Non
 COMPOSE = POLICIES[2]
 
 
+@pytest.mark.slow
 @needs_triton_cpu
 @torch.no_grad()
 def test_pruned_ragged_triton_interpreter(setup) -> None:
