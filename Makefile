@@ -14,7 +14,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): every core; CI's 2 cores halve the suite's wall time.
-# loadgroup: the tests of a module marked xdist_group share one worker (and its module fixture).
+# loadfile: a module's tests share one worker, so its module fixtures are built once.
 PYTEST_WORKERS ?= auto
 # pip byte-compiles at install on purpose: where PYTHONDONTWRITEBYTECODE=1 (this CI machine)
 # those .pyc files are the only ones, and `--no-compile` (50 s less set-up) made every test
@@ -53,7 +53,7 @@ setup: $(STAMP)
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 # The Ray Data test of `haic caption` (skipped by `make test` unless EXTRAS holds ray: the extra

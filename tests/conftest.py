@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Several test processes (pytest-xdist) share the cores: each gets its share of intra-op threads
+# (set before torch starts OpenMP; subprocesses the tests start inherit it). Two workers of two
+# threads each on CI's 2 cores spin-wait for each other: a model-test slice took 112 s, 52 s
+# with one thread each (measured, 2026-12-02).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (_cores or 1) // _WORKERS)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _WORKERS > 1 and os.environ["OMP_NUM_THREADS"].isdigit():
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

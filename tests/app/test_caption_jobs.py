@@ -34,10 +34,6 @@ from ._caption import (
 PARQUET = parquet_available()
 
 
-# The uninterrupted run is made once, on one worker (pytest-xdist, --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("caption_jobs")
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     return make_dataset(tmp_path_factory.mktemp("caption-data"))

@@ -29,8 +29,6 @@ DRIVER = Path(__file__).with_name("_forked.py")
 ROOT = Path(__file__).resolve().parents[2]
 CLIP = str(bundled_clip())
 CUDA = torch.cuda.is_available()
-# The sweep runs once, on one worker (pytest-xdist, --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("cli_errors")
 
 
 def _checkpoints(root: Path) -> dict[str, Path]:

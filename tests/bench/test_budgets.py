@@ -20,7 +20,6 @@ from tests._triton import triton_on_cpu
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("budgets"),  # one worker builds the module's trace
     pytest.mark.skipif(not triton_on_cpu(), reason="needs Triton's CPU interpreter"),
 ]
 

@@ -28,7 +28,6 @@ from tests._triton import triton_on_cpu
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("vision_merge_budget"),  # one worker builds the module's trace
     pytest.mark.skipif(not triton_on_cpu(), reason="needs Triton's CPU interpreter"),
 ]
 

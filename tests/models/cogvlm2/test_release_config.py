@@ -26,8 +26,6 @@ from tests.models.cogvlm2._llama3 import MetaEncoder, write_tokenizer_json
 
 RELEASES = Path(__file__).parents[2] / "fixtures" / "releases"
 CAPTION = RELEASES / "cogvlm2-llama3-caption"
-# The tokenizer file is built once, on one worker (pytest-xdist, --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("release_config")
 
 
 def _caption() -> dict:
