@@ -23,7 +23,6 @@ pytestmark = [
     pytest.mark.skipif(not triton_on_cpu(), reason="needs Triton's CPU interpreter"),
 ]
 
-FRAMES = 1  # the launch pattern does not depend on the frame count; the interpreter's time does
 # Issue 14's budget, met (tiny config, measured): 28 after the phase-2 wiring; 10 once the
 # decode loop kept its lengths once per step (`append_and_attend`, `trusted_values`), RoPE wrote
 # k and v into the cache (`rope_qkv_to_cache`) and the next norm did each residual add
@@ -37,28 +36,35 @@ def traced():
     """Each path's launches, traced once every path has run once: a first call also builds
     what later calls reuse (RoPE tables, decode buffers: 18 kernels a layer cold, 12 warm)."""
     cpu = torch.device("cpu")
-    m = model_calls.build("tiny", "video-chat", torch.float32, FRAMES, cpu, "triton")
-    rows = model_calls.prompts(m.config, FRAMES, cpu, ("What happens?", "Why?"))  # 2 lengths
-    # What the vision tower would hand the LM; the values do not change what launches, and the
-    # tower under the interpreter would take longer than a prefill.
-    c = m.config
-    embeds = torch.randn(FRAMES, c.tokens_per_frame, c.text.hidden_size)
+    m = model_calls.build("tiny", "video-chat", torch.float32, 2, cpu, "triton")
+    queries = ("What happens?", "Why?")  # 2 lengths
+
+    def video(frames):  # prompts for a video of ``frames``, and what its vision tower would
+        # hand the LM: the values do not change what launches, and the tower under the
+        # interpreter would take longer than a prefill
+        shape = (frames, m.config.tokens_per_frame, m.config.text.hidden_size)
+        return model_calls.prompts(m.config, frames, cpu, queries), torch.randn(shape)
+
+    # One frame where the launches do not depend on the count (the interpreter's time does);
+    # two for pruning: Temporal keeps the first frame whole and prunes the second.
+    (one, e1), (two, e2) = video(1), video(2)
     prune = Compose((Temporal(keep_ratio=0.5), TextGuided(keep_ratio=0.5, layer=0)))
-    paths = {"dense": (rows[:1], {}), "packed": (rows, {}), "pruned": (rows, {"prune": prune})}
+    paths = {"dense": (one[:1], e1, {}), "packed": (one, e1, {}),
+             "pruned": (two, e2, {"prune": prune})}  # fmt: skip
     with torch.no_grad():  # the warm-up: every path once, decode steps included
-        for r, opts in paths.values():
-            model_calls.generate(m.fast, r, embeds, 1 if opts else 3, **opts)
+        for rows, embeds, opts in paths.values():
+            model_calls.generate(m.fast, rows, embeds, 1 if opts else 3, **opts)
 
     def count(path, new_tokens):
-        r, opts = paths[path]
-        rep, _ = launches.count_launches(model_calls.generate, m.fast, r, embeds, new_tokens,
+        rows, embeds, opts = paths[path]
+        rep, _ = launches.count_launches(model_calls.generate, m.fast, rows, embeds, new_tokens,
                                          layers=m.lm_layers, root=m.fast, warmup=False,
                                          **opts)  # fmt: skip
         return rep
 
     out = {path: count(path, 1) for path in paths}
     out["generate dense"], out["generate packed"] = count("dense", 4), count("packed", 4)
-    out["decode"] = launches.decode_step(m, rows[:1], embeds, warmup=False)
+    out["decode"] = launches.decode_step(m, one[:1], e1, warmup=False)
     return out
 
 
