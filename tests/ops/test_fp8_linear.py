@@ -54,9 +54,13 @@ def test_quantize_rows(seed, tiled, backend, m, k, dtype):
     q64, s64 = _quantize64(x)
     torch.testing.assert_close(scale.double(), s64, rtol=2e-7, atol=0)
     # fp32 vs fp64 scaling can land on the other side of a rounding midpoint: one grid step
-    # apart at most, and rarely
+    # apart at most (adjacent codes), and rarely (one element in 64 was seen: the count allows
+    # one in any row of fewer than 100)
     diff = q.double() != q64
-    assert diff.float().mean() <= 0.01, f"{diff.float().mean():.4f} of q differ from fp64"
+    assert diff.sum() <= max(1, 0.01 * diff.numel()), f"{int(diff.sum())} of q differ ({seed})"
+    code = q.view(torch.uint8).int() & 0x7F
+    code64 = q64.to(torch.float8_e4m3fn).view(torch.uint8).int() & 0x7F  # q64 is on the grid
+    assert ((code - code64).abs()[diff] == 1).all(), f"q more than one step from fp64 ({seed})"
     # the e4m3 bound: half an ulp (2^-4 relative) for normals, 2^-10 absolute below 2^-6
     err = (q.double() * scale.double()[:, None] - x.double()).abs()
     bound = torch.maximum(x.double().abs() * 2**-4, 2**-10 * scale.double()[:, None])
